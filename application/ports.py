@@ -1,0 +1,81 @@
+"""Ports: what the application needs from the outside world, as Protocols."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Source of the current time (aware UTC)."""
+
+    def now(self) -> datetime: ...
+
+
+class Action(StrEnum):
+    """What a client asks to do on a topic."""
+
+    PUBLISH = "PUBLISH"
+    SUBSCRIBE = "SUBSCRIBE"
+    RECEIVE = "RECEIVE"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """A TLS client presenting its leaf certificate to the broker."""
+
+    certificate_der: bytes
+    client_id: str
+    peer_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """A connected client asking to publish, subscribe or receive on a topic."""
+
+    fingerprint: str  # lowercase hex SHA-256 of the leaf certificate DER
+    client_id: str
+    peer_ip: str
+    action: Action
+    topic: str  # topic name, or topic filter for SUBSCRIBE
+    retain: bool = False
+    qos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allow or deny, and why (reason is a stable machine code, detail is for humans)."""
+
+    allowed: bool
+    reason: str
+    detail: str = ""
+    fingerprint: str | None = None
+    org_uid: str | None = None
+    certificate_id: str | None = None
+    matched: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in the authorization index since a generation.
+
+    kick: fingerprints whose live sessions must be disconnected now.
+    recheck: fingerprints whose live sessions must be re-authorized (connect decision).
+    Any change at all means cached ACL decisions must be dropped.
+    """
+
+    generation: int
+    kick: frozenset[str] = frozenset()
+    recheck: frozenset[str] = frozenset()
+
+
+class Authorizer(Protocol):
+    """The one decision point every broker adapter calls."""
+
+    def authorize_connect(self, request: ConnectRequest) -> Decision: ...
+
+    def authorize(self, request: AccessRequest) -> Decision: ...
+
+    def changes_since(self, generation: int) -> Changes: ...
