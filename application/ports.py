@@ -79,3 +79,15 @@ class Authorizer(Protocol):
     def authorize(self, request: AccessRequest) -> Decision: ...
 
     def changes_since(self, generation: int) -> Changes: ...
+
+
+class PolicyUsage(Protocol):
+    """Read-model question the registry asks before deleting a policy."""
+
+    def count_using_policy(self, org_uid: str, policy_id: str) -> int: ...
+
+
+class ProjectionSync(Protocol):
+    """Read-your-writes: block until read models have processed a position."""
+
+    def wait(self, position: int, timeout: float = 5.0) -> None: ...

@@ -1,0 +1,138 @@
+"""The `certwarden` command line (typer): serve, projections, admin."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from adapters.settings import Settings
+from domain.errors import DomainError
+from domain.meta import Actor
+
+app = typer.Typer(help="certwarden: certificate-based access control for MQTT device fleets.")
+projections_app = typer.Typer(help="Read models.")
+admin_app = typer.Typer(help="Organizations, users and API keys.")
+app.add_typer(projections_app, name="projections")
+app.add_typer(admin_app, name="admin")
+console = Console(stderr=True)
+
+
+def _container(start: bool = True):  # type: ignore[no-untyped-def]
+    from application.bootstrap import bootstrap
+
+    cw = bootstrap(Settings())
+    if start:
+        cw.start(background=False)
+    return cw
+
+
+def _fail(exc: DomainError) -> None:
+    console.print(f"[red]error:[/red] {exc.detail}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+) -> None:
+    """Start certwarden: event store, projections and the HTTP API."""
+    import uvicorn
+
+    from api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings()
+    if host:
+        settings.http_host = host
+    if port:
+        settings.http_port = port
+    from application.bootstrap import bootstrap
+
+    cw = bootstrap(settings)
+    cw.start()
+    issued = cw.registry.ensure_bootstrap_key()
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    console.rule("certwarden")
+    console.print(f"store: {settings.store} ({settings.data_dir})")
+    console.print(f"HTTP API: {base}/api/v1   OpenAPI: {base}/docs")
+    if issued:
+        console.print("[bold]super-admin API key (shown once, store it now):[/bold]")
+        print(issued.secret, flush=True)
+    else:
+        console.print("super-admin key: issued on first start (see that output)")
+    console.print(f'try: curl -s -H "Authorization: Bearer $KEY" -X POST {base}/api/v1/orgs '
+                  "-H 'content-type: application/json' -d '{\"name\":\"acme\"}'")
+    try:
+        uvicorn.run(create_app(cw), host=settings.http_host, port=settings.http_port, log_level="info")
+    finally:
+        cw.close()
+
+
+@projections_app.command("rebuild")
+def rebuild(
+    name: Annotated[list[str] | None, typer.Option("--name", help="lookup, catalogue, audit")] = None,
+) -> None:
+    """Drop read models and replay the whole event log into them."""
+    cw = _container(start=False)
+    try:
+        count = cw.runner.rebuild(name)
+        console.print(f"rebuilt {', '.join(name or ['all'])} from {count} events")
+    finally:
+        cw.close()
+
+
+@projections_app.command("status")
+def projection_status() -> None:
+    cw = _container(start=False)
+    try:
+        console.print(f"event log position: {cw.registry.max_position()}")
+        for projection in cw.runner.projections:
+            console.print(f"{projection.name}: {cw.runner.position_of(projection.name)}")
+    finally:
+        cw.close()
+
+
+@admin_app.command("create-org")
+def create_org(name: str) -> None:
+    """Create an organization; prints its uid."""
+    cw = _container()
+    try:
+        org = cw.registry.create_organization(name, Actor.system("cli"))
+        print(org.uid)
+    except DomainError as exc:
+        _fail(exc)
+    finally:
+        cw.close()
+
+
+@admin_app.command("create-user")
+def create_user(org: str, name: str, role: Annotated[str, typer.Option()] = "admin") -> None:
+    """Create a user in an organization and issue an API key (printed once)."""
+    cw = _container()
+    try:
+        user = cw.registry.create_user(org, name, role, Actor.system("cli"))
+        issued = cw.registry.issue_api_key(org, str(user.id), f"{name} key", Actor.system("cli"))
+        console.print(f"user {user.id} ({role}); API key (shown once):")
+        print(issued.secret)
+    except DomainError as exc:
+        _fail(exc)
+    finally:
+        cw.close()
+
+
+@admin_app.command("super-admin-key")
+def super_admin_key() -> None:
+    """Issue an additional super-admin API key (printed once)."""
+    cw = _container()
+    try:
+        print(cw.registry.issue_api_key(None, None, "cli super-admin", Actor.system("cli")).secret)
+    finally:
+        cw.close()
+
+
+def main() -> None:
+    app()

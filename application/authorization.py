@@ -1,0 +1,246 @@
+"""The authorization decision: the one function every broker adapter calls.
+
+Hot path: dict lookups on an in-memory index built from the lookup table, never the
+database. The index is refreshed incrementally from rows written after its position.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from application.lookup import CertRow, LookupSource, PolicyRow
+from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision
+from domain.topics import BoundPolicy, CompiledPolicy, PermissionSet
+from domain.x509 import fingerprint_of_der
+
+CHANGE_LOG = 10_000
+SERVICE_TOPICS = ("manage",)  # {org}/manage/... ; replies: {org}/cid/{id}/reply
+
+
+def deny(reason: str, detail: str, row: CertRow | None = None, fp: str | None = None) -> Decision:
+    return Decision(
+        False,
+        reason,
+        detail,
+        fingerprint=fp or (row.fingerprint if row else None),
+        org_uid=row.org_uid if row else None,
+        certificate_id=row.certificate_id if row else None,
+    )
+
+
+@dataclass(slots=True)
+class _Entry:
+    rows: dict[str, CertRow]  # certificate id -> row (a CA may be registered in several orgs)
+
+    def live(self) -> list[CertRow]:
+        return [r for r in self.rows.values() if not r.deleted]
+
+
+class AuthzIndex:
+    """fingerprint -> certificate rows, (org, policy id) -> compiled policy, plus a change log."""
+
+    def __init__(self, source: LookupSource, clock: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._by_fp: dict[str, _Entry] = {}
+        self._fp_of: dict[str, str] = {}
+        self._policies: dict[tuple[str, str], CompiledPolicy] = {}
+        self._policy_users: dict[tuple[str, str], set[str]] = {}
+        self._bound: dict[tuple[str, str, str], BoundPolicy] = {}
+        self.service_fingerprints: frozenset[str] = frozenset()
+        self.position = 0
+        self.generation = 0
+        self._log: deque[tuple[int, frozenset[str], frozenset[str]]] = deque(maxlen=CHANGE_LOG)
+
+    # -- keeping current --------------------------------------------------
+    def refresh(self) -> int:
+        """Apply lookup rows written since our position; returns how many rows changed."""
+        with self._lock:
+            changes = self._source.lookup_changes(self.position)
+            if not changes.certificates and not changes.policies:
+                self.position = max(self.position, changes.position)
+                return 0
+            kick: set[str] = set()
+            recheck: set[str] = set()
+            for policy in changes.policies:
+                kick |= self._apply_policy(policy)
+            for row in changes.certificates:
+                self._apply_cert(row, kick, recheck)
+            self._bound.clear()
+            self.position = changes.position
+            self.generation += 1
+            self._log.append((self.generation, frozenset(kick), frozenset(recheck - kick)))
+            return len(changes.certificates) + len(changes.policies)
+
+    def _apply_policy(self, row: PolicyRow) -> set[str]:
+        key = (row.org_uid, row.policy_id)
+        had = key in self._policies
+        if row.deleted:
+            self._policies.pop(key, None)
+        else:
+            sets = [PermissionSet.from_json(s) for s in row.permission_sets]
+            self._policies[key] = CompiledPolicy(sets)
+        return set(self._policy_users.get(key, ())) if had else set()
+
+    def _apply_cert(self, row: CertRow, kick: set[str], recheck: set[str]) -> None:
+        old_fp = self._fp_of.get(row.certificate_id)
+        old = self._by_fp[old_fp].rows.get(row.certificate_id) if old_fp in self._by_fp else None
+        if old is not None:
+            self._policy_users.get((old.org_uid, old.policy_id or ""), set()).discard(old.fingerprint)
+            if old.policy_id != row.policy_id:
+                kick.add(row.fingerprint)
+            else:
+                recheck.add(row.fingerprint)
+        entry = self._by_fp.setdefault(row.fingerprint, _Entry({}))
+        entry.rows[row.certificate_id] = row
+        self._fp_of[row.certificate_id] = row.fingerprint
+        if row.policy_id and not row.deleted:
+            self._policy_users.setdefault((row.org_uid, row.policy_id), set()).add(row.fingerprint)
+
+    def changes_since(self, generation: int) -> Changes:
+        with self._lock:
+            current = self.generation
+            if generation >= current:
+                return Changes(current)
+            if not self._log or self._log[0][0] > generation + 1:
+                return Changes(current, recheck=frozenset(self._by_fp))
+            kick: set[str] = set()
+            recheck: set[str] = set()
+            for gen, k, r in self._log:
+                if gen > generation:
+                    kick |= k
+                    recheck |= r
+            return Changes(current, frozenset(kick), frozenset(recheck - kick))
+
+    # -- lookups ----------------------------------------------------------
+    def row(self, fingerprint: str) -> CertRow | Decision:
+        """The one live row for a fingerprint, or the deny decision explaining why not."""
+        entry = self._by_fp.get(fingerprint)
+        live = entry.live() if entry else []
+        if not live:
+            return deny("unknown-certificate", "the certificate is not registered", fp=fingerprint)
+        if len(live) > 1:
+            return deny(
+                "ambiguous-certificate",
+                "this CA certificate is registered in several organizations; "
+                "a client must present a certificate registered in one",
+                fp=fingerprint,
+            )
+        return live[0]
+
+    def bound_policy(self, row: CertRow, client_id: str) -> BoundPolicy | None:
+        key = (row.certificate_id, client_id, row.pinned_component or "")
+        bound = self._bound.get(key)
+        if bound is None:
+            policy = self._policies.get((row.org_uid, row.policy_id or ""))
+            if policy is None:
+                return None
+            values = {"org.uid": row.org_uid, "client.id": client_id}
+            if row.pinned_component:
+                values["component.id"] = row.pinned_component
+            if row.common_name:
+                values["cert.cn"] = row.common_name
+            bound = policy.bind(values)
+            self._bound[key] = bound
+        return bound
+
+    def now(self) -> float:
+        return self._clock()
+
+
+class Authorization:
+    """Implements the Authorizer port on top of the index. All decision logic lives here."""
+
+    def __init__(
+        self,
+        index: AuthzIndex,
+        on_first_connect: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.index = index
+        self._on_first_connect = on_first_connect
+
+    def certificate_usable(self, fingerprint: str, peer_ip: str | None) -> CertRow | Decision:
+        """Chain, validity and host pin; no side effects."""
+        found = self.index.row(fingerprint)
+        if isinstance(found, Decision):
+            return found
+        row = found
+        if not row.usable:
+            return deny(row.blocked_reason.split(":", 1)[0], row.blocked_reason, row)
+        now = self.index.now()
+        if now < row.not_before:
+            return deny("not-yet-valid", "a certificate of the chain is not valid yet", row)
+        if now > row.not_after:
+            return deny("expired", "a certificate of the chain has expired", row)
+        if peer_ip is not None and row.pinned_host is not None and row.pinned_host != peer_ip:
+            return deny("pinned-elsewhere", f"pinned to another host, not {peer_ip}", row)
+        return row
+
+    def authorize_connect(self, request: ConnectRequest) -> Decision:
+        """Allow a TLS client in; the first successful connect pins the peer IP."""
+        fingerprint = fingerprint_of_der(request.certificate_der)
+        return self.check_connect(fingerprint, request.peer_ip, pin=True)
+
+    def check_connect(self, fingerprint: str, peer_ip: str, pin: bool = False) -> Decision:
+        if fingerprint in self.index.service_fingerprints:
+            return Decision(True, "service", "certwarden service principal", fingerprint)
+        found = self.certificate_usable(fingerprint, peer_ip)
+        if isinstance(found, Decision):
+            return found
+        if found.policy_id is None:
+            return deny("no-policy", "the certificate has no policy", found)
+        if pin and found.pinned_host is None and self._on_first_connect is not None:
+            self._on_first_connect(found.certificate_id, peer_ip)
+        return Decision(
+            True, "allowed", "certificate usable", found.fingerprint, found.org_uid, found.certificate_id
+        )
+
+    def authorize(self, request: AccessRequest) -> Decision:
+        """PUBLISH / SUBSCRIBE / RECEIVE on a topic; everything outside {orgUid}/ is denied."""
+        if request.fingerprint in self.index.service_fingerprints:
+            return self._service(request)
+        found = self.certificate_usable(request.fingerprint, request.peer_ip)
+        if isinstance(found, Decision):
+            return found
+        row = found
+        topic = request.topic
+        if topic.split("/", 1)[0] != row.org_uid:
+            return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
+        bound = self.index.bound_policy(row, request.client_id)
+        if bound is None:
+            return deny("no-policy", "the certificate has no (existing) policy", row)
+        if request.action is Action.PUBLISH:
+            match = bound.can_publish(topic, request.retain)
+        elif request.action is Action.SUBSCRIBE:
+            match = bound.can_subscribe(topic)
+        else:
+            match = bound.can_receive(topic)
+        if not match.allowed:
+            needed = "PUBLISH_RETAIN_MESSAGE" if request.retain else str(request.action)
+            return deny("no-matching-permission", f"no permission set grants {needed} here", row)
+        return Decision(
+            True,
+            "allowed",
+            f"permission set {match.permission_set} pattern {match.pattern!r}",
+            row.fingerprint,
+            row.org_uid,
+            row.certificate_id,
+            {"policy_id": row.policy_id, "permission_set": match.permission_set, "pattern": match.pattern},
+        )
+
+    def _service(self, request: AccessRequest) -> Decision:
+        levels = request.topic.split("/")
+        ok = request.action is Action.PUBLISH and len(levels) >= 3 and (
+            levels[1] in SERVICE_TOPICS or (levels[1] == "cid" and levels[-1] == "reply")
+        )
+        if ok and all(level not in ("+", "#") for level in levels):
+            return Decision(True, "service", "service principal: manage and reply topics", request.fingerprint)
+        return deny("service-restricted", "the service principal only publishes manage/reply topics", fp=request.fingerprint)
+
+    def changes_since(self, generation: int) -> Changes:
+        return self.index.changes_since(generation)

@@ -1,0 +1,100 @@
+"""Wiring: the only place that names concrete adapters and read-model flavours."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.settings import Settings
+from application.authorization import Authorization, AuthzIndex
+from application.registry import Registry
+from projections.audit import AuditProjection, AuditView
+from projections.catalogue import CatalogueProjection
+from projections.catalogue_view import CatalogueView
+from projections.db import PostgresViewDb, SqliteViewDb, ViewDb
+from projections.lookup import LookupProjection, LookupTable
+from projections.runner import ProjectionRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Certwarden:
+    """Everything a process needs: the application, read models and the decision point."""
+
+    settings: Settings
+    registry: Registry
+    db: ViewDb
+    runner: ProjectionRunner
+    catalogue: CatalogueView
+    audit: AuditView
+    lookup: LookupTable
+    index: AuthzIndex
+    authorization: Authorization
+    background: bool = False
+
+    def start(self, background: bool = True) -> None:
+        """Catch read models up, load the index, then follow the log in a thread."""
+        self.runner.catch_up()
+        self.index.refresh()
+        if background:
+            self.runner.start()
+            self.background = True
+
+    def sync(self) -> None:
+        """Foreground catch-up (tests, CLI): read models and index reflect every saved event."""
+        self.runner.wait(self.registry.max_position())
+        self.index.refresh()
+
+    def close(self) -> None:
+        self.runner.stop()
+        self.registry.close()
+        self.db.close()
+
+
+def ensure_postgres(settings: Settings) -> None:
+    """Create the database and schema when missing (first start)."""
+    import psycopg
+
+    admin = settings.postgres_conninfo().replace(f"dbname={settings.postgres_db}", "dbname=postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.postgres_db,))
+        if found.fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{settings.postgres_db}"')
+    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.postgres_schema}"')
+
+
+def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
+    settings = settings or Settings(**overrides)
+    if settings.store == "postgres":
+        ensure_postgres(settings)
+        db: ViewDb = PostgresViewDb(settings.postgres_conninfo(), settings.postgres_schema)
+    elif settings.store == "sqlite":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = SqliteViewDb(str(settings.views_path))
+    else:
+        db = SqliteViewDb(":memory:")
+    registry = Registry(env=settings.eventsourcing_env())
+    lookup_projection = LookupProjection()
+    catalogue_projection = CatalogueProjection()
+    runner = ProjectionRunner(
+        registry,
+        db,
+        [lookup_projection, catalogue_projection, AuditProjection()],
+        poll_interval=settings.projection_poll_seconds,
+    )
+    lookup = LookupTable(db)
+    index = AuthzIndex(lookup)
+    catalogue = CatalogueView(db)
+    registry.policy_usage = catalogue
+    registry.projections = runner
+    registry.on_saved(runner.poke)
+    lookup_projection.listeners.append(index.refresh)
+    authorization = Authorization(
+        index, on_first_connect=lambda cert_id, ip: registry.pin_host_on_first_connect(cert_id, ip)
+    )
+    return Certwarden(
+        settings, registry, db, runner, catalogue, AuditView(db), lookup, index, authorization
+    )

@@ -1,0 +1,232 @@
+"""Certificate commands: import (bundle, uniqueness), update, pin on first connect, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from application.base import RegistryBase
+from application.policies import PolicyCommands
+from domain.certificate import Certificate, parse_status
+from domain.errors import Conflict, InvalidInput
+from domain.folder import Folder, ancestors, folder_id, normalise_folder
+from domain.meta import Actor, ActorKind
+from domain.principal import User
+from domain.reservation import Reservation
+from domain.x509 import CertificateFacts, parse_bundle
+
+
+def org_dn_key(org_uid: str, subject_key: str) -> str:
+    return f"org-dn:{org_uid}:{subject_key}"
+
+
+def device_dn_key(subject_key: str) -> str:
+    return f"device-dn:{subject_key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    certificate_id: str
+    fingerprint: str
+    subject: str
+    is_ca: bool
+    created: bool  # False when the identical certificate was already registered here
+
+
+UPDATABLE = {
+    "name", "status", "is_ca", "policy_id", "run_as_user", "registration",
+    "pinned_host", "pinned_component", "folder",
+}
+
+
+class CertificateCommands(PolicyCommands, RegistryBase):
+    def import_certificates(
+        self,
+        org_uid: str,
+        data: bytes,
+        actor: Actor,
+        *,
+        name: str | None = None,
+        is_ca: bool | None = None,
+        policy_id: str | None = None,
+        folder: str = "/",
+        status: str | None = None,
+    ) -> list[Imported]:
+        """Import one certificate or a chain; every certificate becomes its own aggregate.
+
+        Invariants: a device certificate's DN is unique across all organizations; any DN is
+        unique within an organization; identical re-imports return the existing id.
+        Emits Certificate.Imported (+ Deactivated when status=INACTIVE), Reservation.Claimed,
+        Folder.Created. Raises BadCertificateInput, InvalidInput, Conflict; nothing is written
+        unless everything is accepted.
+        """
+        facts_list = parse_bundle(data)
+        self.organization(org_uid)
+        self.require_policy(org_uid, policy_id)
+        if name is not None and len(facts_list) > 1:
+            raise InvalidInput("a name can only be given when importing a single certificate")
+        wanted_status = parse_status(status) if status else None
+        folder = normalise_folder(folder)
+        meta = actor.meta()
+        pending: dict[str, Reservation] = {}
+        to_save: list[Aggregate] = []
+        outcomes = []
+        for index, facts in enumerate(facts_list):
+            existing = self._same_dn_in_org(org_uid, facts, index)
+            if existing is not None:
+                outcomes.append(
+                    Imported(str(existing.id), existing.fingerprint, facts.subject, existing.is_ca, False)
+                )
+                continue
+            cert = Certificate.import_(
+                org_uid, facts, meta, name=name, is_ca=is_ca, policy_id=policy_id, folder=folder
+            )
+            if wanted_status is not None:
+                cert.set_status(wanted_status, meta)
+            owner = str(cert.id)
+            try:
+                self.claim(org_dn_key(org_uid, facts.subject_key), owner, org_uid, pending)
+                if not cert.is_ca:
+                    self.claim(device_dn_key(facts.subject_key), owner, org_uid, pending)
+            except Conflict as exc:
+                raise self._dn_conflict(index, facts.subject, exc) from None
+            to_save.append(cert)
+            outcomes.append(Imported(owner, facts.fingerprint, facts.subject, cert.is_ca, True))
+        if to_save:
+            to_save.extend(self._ensure_folders(org_uid, folder, meta))
+            self.commit(*to_save, *pending.values())
+        return outcomes
+
+    def _same_dn_in_org(self, org_uid: str, facts: CertificateFacts, index: int) -> Certificate | None:
+        owner = self.owner_of(org_dn_key(org_uid, facts.subject_key))
+        if owner is None:
+            return None
+        existing = self.get_typed(Certificate, owner, "certificate")
+        if existing.fingerprint == facts.fingerprint:
+            return existing
+        raise Conflict(
+            f"certificate {index}: another certificate with the DN {facts.subject!r} is already "
+            "registered in this organization",
+            index=index,
+            certificate_id=owner,
+        )
+
+    @staticmethod
+    def _dn_conflict(index: int, subject: str, exc: Conflict) -> Conflict:
+        other_org = exc.extra.get("org_uid")
+        return Conflict(
+            f"certificate {index}: the device DN {subject!r} is already registered "
+            "(device certificate DNs are unique across all organizations)",
+            index=index,
+            other_org_uid=other_org,
+        )
+
+    def _ensure_folders(self, org_uid: str, folder: str, meta: dict[str, str]) -> list[Folder]:
+        created = []
+        for path in ancestors(folder):
+            existing = self.find(Folder, folder_id(org_uid, path))
+            if existing is None:
+                created.append(Folder(org_uid=org_uid, path=path, meta=meta))
+            elif existing.deleted:
+                existing.restore(meta)
+                created.append(existing)
+        return created
+
+    def certificate(self, org_uid: str, certificate_id: str) -> Certificate:
+        return self.in_org(Certificate, org_uid, certificate_id, "certificate")
+
+    def update_certificate(
+        self,
+        org_uid: str,
+        certificate_id: str,
+        changes: dict[str, Any],
+        actor: Actor,
+        expected_version: int | None = None,
+    ) -> Certificate:
+        """Apply a partial update in one save. Emits one event per changed field.
+
+        Raises InvalidInput (unknown field, bad value, missing policy/user), Conflict
+        (CA indicator cleared while another org holds the device DN), PreconditionFailed.
+        """
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        cert = self.certificate(org_uid, certificate_id)
+        self.check_version(cert.version, expected_version)
+        meta = actor.meta()
+        extra: list[Aggregate | None] = []
+        if "name" in changes:
+            cert.rename(changes["name"], meta)
+        if "status" in changes:
+            cert.set_status(changes["status"], meta)
+        if "is_ca" in changes:
+            extra.extend(self._change_ca_indicator(cert, bool(changes["is_ca"]), meta))
+        if "policy_id" in changes:
+            self.require_policy(org_uid, changes["policy_id"])
+            cert.assign_policy(changes["policy_id"], meta)
+        if "run_as_user" in changes:
+            self._require_user(org_uid, changes["run_as_user"])
+            cert.set_run_as_user(changes["run_as_user"], meta)
+        if "registration" in changes:
+            reg = changes["registration"] or {}
+            cert.set_registration(reg.get("template_id"), reg.get("initial_folder"), meta)
+            if cert.registration_folder:
+                extra.extend(self._ensure_folders(org_uid, cert.registration_folder, meta))
+        if "pinned_host" in changes:
+            cert.pin_host(changes["pinned_host"], meta)
+        if "pinned_component" in changes:
+            cert.pin_component(changes["pinned_component"], meta)
+        if "folder" in changes:
+            cert.move_to_folder(changes["folder"], meta)
+            extra.extend(self._ensure_folders(org_uid, cert.folder, meta))
+        self.commit(cert, *extra)
+        return cert
+
+    def _change_ca_indicator(self, cert: Certificate, is_ca: bool, meta: dict[str, str]) -> list[Reservation | None]:
+        if is_ca == cert.is_ca:
+            return []
+        cert.set_ca_indicator(is_ca, meta)
+        key = device_dn_key(cert.subject_key)
+        if is_ca:
+            return [self.release(key, str(cert.id))]
+        try:
+            return [self.claim(key, str(cert.id), cert.org_uid, {})]
+        except Conflict as exc:
+            raise self._dn_conflict(0, str(cert.facts["subject"]), exc) from None
+
+    def _require_user(self, org_uid: str, user_id: str | None) -> None:
+        if user_id is None:
+            return
+        user = self.find(User, _uuid(user_id))
+        if user is None or user.deleted or user.org_uid != org_uid:
+            raise InvalidInput("run-as user must be a user of the same organization")
+
+    def pin_host_on_first_connect(self, certificate_id: str, ip: str, request_id: str = "") -> None:
+        """Emits HostPinned with the certificate as actor, if the pin is still empty."""
+        cert = self.get_typed(Certificate, certificate_id, "certificate")
+        if cert.deleted or cert.pinned_host is not None:
+            return
+        actor = Actor(ActorKind.CERTIFICATE, certificate_id, cert.org_uid, request_id, ip)
+        cert.pin_host(ip, actor.meta())
+        self.commit(cert)
+
+    def delete_certificate(self, org_uid: str, certificate_id: str, actor: Actor) -> None:
+        """Emits Certificate.Deleted and frees its DN reservations (history stays)."""
+        cert = self.certificate(org_uid, certificate_id)
+        cert.delete(actor.meta())
+        owner = str(cert.id)
+        self.commit(
+            cert,
+            self.release(org_dn_key(org_uid, cert.subject_key), owner),
+            self.release(device_dn_key(cert.subject_key), owner),
+        )
+
+
+def _uuid(value: str) -> UUID:
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidInput("not a user id") from None

@@ -1,0 +1,15 @@
+"""Registry: the certwarden application (organizations, users, keys, certificates, policies, folders)."""
+
+from __future__ import annotations
+
+from application.folders import FolderCommands
+from application.organizations import OrganizationCommands
+
+
+class Registry(FolderCommands, OrganizationCommands):
+    """Commands mutate aggregates and save once; queries by id load aggregates.
+
+    Persistence comes from the environment (eventsourcing): PERSISTENCE_MODULE
+    eventsourcing.popo | eventsourcing.sqlite (SQLITE_DBNAME) | eventsourcing.postgres
+    (POSTGRES_DBNAME, POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD).
+    """

@@ -1,0 +1,53 @@
+"""Projection contract: apply a batch of events in memory, then write rows + tracking at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from projections.db import Tx, ViewDb
+
+Handler = Callable[[Any, int], None]
+
+
+def event_name(event: Any) -> str:
+    """'Certificate.Imported' style name: aggregate class + past-tense event class."""
+    return type(event).__qualname__
+
+
+class ViewProjection:
+    """Base for read models. Subclasses map event names to handlers in `handlers()`.
+
+    Invariant: rows are written in the same transaction as the tracking position
+    (exactly once); in-memory state is reloaded from the tables if a commit fails.
+    """
+
+    name: str = ""
+    tables: tuple[str, ...] = ()
+
+    def schema(self) -> list[str]:
+        raise NotImplementedError
+
+    def handlers(self) -> dict[str, Handler]:
+        raise NotImplementedError
+
+    def load(self, db: ViewDb) -> None:
+        """Load whatever in-memory state the projection keeps (after start or failed commit)."""
+
+    def apply(self, event: Any, position: int) -> None:
+        handler = self._handlers.get(event_name(event))
+        if handler is not None:
+            handler(event, position)
+
+    def flush(self, tx: Tx) -> None:
+        """Write pending rows inside the batch transaction."""
+
+    def after_commit(self) -> None:
+        """Hook run after the batch committed (e.g. wake the authorization index)."""
+
+    def reset(self, tx: Tx) -> None:
+        for table in self.tables:
+            tx.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are constants
+
+    def prepare(self) -> None:
+        self._handlers = self.handlers()
