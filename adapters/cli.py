@@ -64,17 +64,25 @@ def serve(
         print(issued.secret, flush=True)
     else:
         console.print("super-admin key: issued on first start (see that output)")
-    console.print(f'try: curl -s -H "Authorization: Bearer $KEY" -X POST {base}/api/v1/orgs '
-                  "-H 'content-type: application/json' -d '{\"name\":\"acme\"}'")
+    print(
+        "next: KEY=<the key above>; "
+        f'curl -s -H "Authorization: Bearer $KEY" -H "content-type: application/json" '
+        f"-d '{{\"name\":\"acme\"}}' {base}/api/v1/orgs",
+        flush=True,
+    )
     try:
-        uvicorn.run(create_app(cw), host=settings.http_host, port=settings.http_port, log_level="info")
+        uvicorn.run(
+            create_app(cw), host=settings.http_host, port=settings.http_port, log_level="info"
+        )
     finally:
         cw.close()
 
 
 @projections_app.command("rebuild")
 def rebuild(
-    name: Annotated[list[str] | None, typer.Option("--name", help="lookup, catalogue, audit")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="lookup, catalogue, audit")
+    ] = None,
 ) -> None:
     """Drop read models and replay the whole event log into them."""
     cw = _container(start=False)

@@ -40,16 +40,25 @@ def create_app(cw: Certwarden | None = None, settings: Settings | None = None) -
     limit = container.settings.max_body_bytes
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return problem(413, "too-large", "Payload too large", f"bodies are limited to {limit} bytes")
+            return problem(
+                413, "too-large", "Payload too large", f"bodies are limited to {limit} bytes"
+            )
         if request.method in ("POST", "PUT", "PATCH") and length is None:
             body = b""
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    return problem(413, "too-large", "Payload too large", f"bodies are limited to {limit} bytes")
+                    return problem(
+                        413,
+                        "too-large",
+                        "Payload too large",
+                        f"bodies are limited to {limit} bytes",
+                    )
             request._body = body  # already read: let handlers see it
         return await call_next(request)
 

@@ -37,10 +37,17 @@ class Unauthorized(DomainError):
 
 
 def problem(status: int, kind: str, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": f"https://certwarden.invalid/problems/{kind}", "title": title, "status": status,
-            "detail": detail, **extra}
+    body = {
+        "type": f"https://certwarden.invalid/problems/{kind}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )
 
 
 def _domain(request: Request, exc: Exception) -> JSONResponse:
@@ -76,7 +83,9 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return problem(500, "internal", "Internal error", "an unexpected error occurred; see server logs")
+    return problem(
+        500, "internal", "Internal error", "an unexpected error occurred; see server logs"
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -74,7 +74,9 @@ class UpdateCertificateRequest(Strict):
     policy_id: str | None = None
     run_as_user: str | None = None
     registration: RegistrationBody | None = None
-    pinned_host: str | None = Field(default=None, description="'' or null clears; next connect pins")
+    pinned_host: str | None = Field(
+        default=None, description="'' or null clears; next connect pins"
+    )
     pinned_component: str | None = None
     folder: str | None = None
 

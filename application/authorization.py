@@ -91,7 +91,9 @@ class AuthzIndex:
         old_fp = self._fp_of.get(row.certificate_id)
         old = self._by_fp[old_fp].rows.get(row.certificate_id) if old_fp in self._by_fp else None
         if old is not None:
-            self._policy_users.get((old.org_uid, old.policy_id or ""), set()).discard(old.fingerprint)
+            self._policy_users.get((old.org_uid, old.policy_id or ""), set()).discard(
+                old.fingerprint
+            )
             if old.policy_id != row.policy_id:
                 kick.add(row.fingerprint)
             else:
@@ -197,7 +199,12 @@ class Authorization:
         if pin and found.pinned_host is None and self._on_first_connect is not None:
             self._on_first_connect(found.certificate_id, peer_ip)
         return Decision(
-            True, "allowed", "certificate usable", found.fingerprint, found.org_uid, found.certificate_id
+            True,
+            "allowed",
+            "certificate usable",
+            found.fingerprint,
+            found.org_uid,
+            found.certificate_id,
         )
 
     def authorize(self, request: AccessRequest) -> Decision:
@@ -230,17 +237,29 @@ class Authorization:
             row.fingerprint,
             row.org_uid,
             row.certificate_id,
-            {"policy_id": row.policy_id, "permission_set": match.permission_set, "pattern": match.pattern},
+            {
+                "policy_id": row.policy_id,
+                "permission_set": match.permission_set,
+                "pattern": match.pattern,
+            },
         )
 
     def _service(self, request: AccessRequest) -> Decision:
         levels = request.topic.split("/")
-        ok = request.action is Action.PUBLISH and len(levels) >= 3 and (
-            levels[1] in SERVICE_TOPICS or (levels[1] == "cid" and levels[-1] == "reply")
+        ok = (
+            request.action is Action.PUBLISH
+            and len(levels) >= 3
+            and (levels[1] in SERVICE_TOPICS or (levels[1] == "cid" and levels[-1] == "reply"))
         )
         if ok and all(level not in ("+", "#") for level in levels):
-            return Decision(True, "service", "service principal: manage and reply topics", request.fingerprint)
-        return deny("service-restricted", "the service principal only publishes manage/reply topics", fp=request.fingerprint)
+            return Decision(
+                True, "service", "service principal: manage and reply topics", request.fingerprint
+            )
+        return deny(
+            "service-restricted",
+            "the service principal only publishes manage/reply topics",
+            fp=request.fingerprint,
+        )
 
     def changes_since(self, generation: int) -> Changes:
         return self.index.changes_since(generation)

@@ -33,7 +33,10 @@ class RegistryBase(Application[UUID]):
     """One event store for every aggregate, so read models follow one ordered log."""
 
     name = "certwarden"
-    env = {"AGGREGATE_CACHE_MAXSIZE": "20000", "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"}
+    env = {
+        "AGGREGATE_CACHE_MAXSIZE": "20000",
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+    }
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
@@ -65,7 +68,7 @@ class RegistryBase(Application[UUID]):
         """Load an aggregate of the given type; raises NotFound."""
         try:
             uid = aggregate_id if isinstance(aggregate_id, UUID) else UUID(str(aggregate_id))
-            aggregate = self.repository.get(uid)
+            aggregate: object = self.repository.get(uid)
         except (AggregateNotFoundError, ValueError):
             raise NotFound(f"{what} not found") from None
         if not isinstance(aggregate, cls):
@@ -74,7 +77,7 @@ class RegistryBase(Application[UUID]):
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, cls) else None
@@ -93,7 +96,9 @@ class RegistryBase(Application[UUID]):
     def reservation(self, key: str) -> Reservation | None:
         return self.find(Reservation, reservation_id(key))
 
-    def claim(self, key: str, owner: str, org_uid: str, pending: dict[str, Reservation]) -> Reservation:
+    def claim(
+        self, key: str, owner: str, org_uid: str, pending: dict[str, Reservation]
+    ) -> Reservation:
         """Claim a unique key for owner (saved with the owner, atomically). Raises Conflict."""
         if key in pending:
             reservation = pending[key]

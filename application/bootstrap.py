@@ -57,9 +57,13 @@ def ensure_postgres(settings: Settings) -> None:
     """Create the database and schema when missing (first start)."""
     import psycopg
 
-    admin = settings.postgres_conninfo().replace(f"dbname={settings.postgres_db}", "dbname=postgres")
+    admin = settings.postgres_conninfo().replace(
+        f"dbname={settings.postgres_db}", "dbname=postgres"
+    )
     with psycopg.connect(admin, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.postgres_db,))
+        found = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (settings.postgres_db,)
+        )
         if found.fetchone() is None:
             conn.execute(f'CREATE DATABASE "{settings.postgres_db}"')
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:

@@ -37,8 +37,15 @@ class Imported:
 
 
 UPDATABLE = {
-    "name", "status", "is_ca", "policy_id", "run_as_user", "registration",
-    "pinned_host", "pinned_component", "folder",
+    "name",
+    "status",
+    "is_ca",
+    "policy_id",
+    "run_as_user",
+    "registration",
+    "pinned_host",
+    "pinned_component",
+    "folder",
 }
 
 
@@ -78,7 +85,9 @@ class CertificateCommands(PolicyCommands, RegistryBase):
             existing = self._same_dn_in_org(org_uid, facts, index)
             if existing is not None:
                 outcomes.append(
-                    Imported(str(existing.id), existing.fingerprint, facts.subject, existing.is_ca, False)
+                    Imported(
+                        str(existing.id), existing.fingerprint, facts.subject, existing.is_ca, False
+                    )
                 )
                 continue
             cert = Certificate.import_(
@@ -100,7 +109,9 @@ class CertificateCommands(PolicyCommands, RegistryBase):
             self.commit(*to_save, *pending.values())
         return outcomes
 
-    def _same_dn_in_org(self, org_uid: str, facts: CertificateFacts, index: int) -> Certificate | None:
+    def _same_dn_in_org(
+        self, org_uid: str, facts: CertificateFacts, index: int
+    ) -> Certificate | None:
         owner = self.owner_of(org_dn_key(org_uid, facts.subject_key))
         if owner is None:
             return None
@@ -185,7 +196,9 @@ class CertificateCommands(PolicyCommands, RegistryBase):
         self.commit(cert, *extra)
         return cert
 
-    def _change_ca_indicator(self, cert: Certificate, is_ca: bool, meta: dict[str, str]) -> list[Reservation | None]:
+    def _change_ca_indicator(
+        self, cert: Certificate, is_ca: bool, meta: dict[str, str]
+    ) -> list[Reservation | None]:
         if is_ca == cert.is_ca:
             return []
         cert.set_ca_indicator(is_ca, meta)

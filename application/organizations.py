@@ -27,7 +27,9 @@ class Principal:
     name: str
 
     def actor(self, request_id: str = "", source_ip: str = "") -> Actor:
-        return Actor(ActorKind.API_KEY, self.key_id, self.user_id or "super-admin", request_id, source_ip)
+        return Actor(
+            ActorKind.API_KEY, self.key_id, self.user_id or "super-admin", request_id, source_ip
+        )
 
     def require(self, org_uid: str, needed: Role) -> None:
         """Raises NotFound for another tenant (never reveal it exists), Forbidden for a weak role."""
@@ -76,10 +78,14 @@ class OrganizationCommands(RegistryBase):
     def user(self, org_uid: str, user_id: str) -> User:
         return self.in_org(User, org_uid, user_id, "user")
 
-    def issue_api_key(self, org_uid: str | None, user_id: str | None, label: str, actor: Actor) -> IssuedKey:
+    def issue_api_key(
+        self, org_uid: str | None, user_id: str | None, label: str, actor: Actor
+    ) -> IssuedKey:
         """Emits ApiKey.Issued. org/user None issues a super-admin key."""
         if (org_uid is None) != (user_id is None):
-            raise InvalidInput("a key belongs to a user of an organization, or to nobody (super-admin)")
+            raise InvalidInput(
+                "a key belongs to a user of an organization, or to nobody (super-admin)"
+            )
         if org_uid is not None and user_id is not None:
             self.in_org(User, org_uid, user_id, "user")
         secret = secrets.token_urlsafe(32)

@@ -44,7 +44,9 @@ class PolicyCommands(RegistryBase):
         try:
             self.policy(org_uid, policy_id)
         except NotFound:
-            raise InvalidInput(f"policy {policy_id!r} does not exist in this organization") from None
+            raise InvalidInput(
+                f"policy {policy_id!r} does not exist in this organization"
+            ) from None
 
     def update_policy(
         self,

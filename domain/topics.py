@@ -101,8 +101,8 @@ def filter_covers(pattern_levels: Sequence[str], filter_levels: Sequence[str]) -
     return len(filter_levels) == len(pattern_levels)
 
 
-# Wildcard patterns are compiled to one of three shapes, tried with str.startswith on the
-# literal prefix before the first wildcard level, so the common shapes need no split:
+# Wildcard patterns are compiled to one of three shapes, each first compared with the
+# literal prefix before its first wildcard level; the two common shapes need no split:
 _ONE = 0  # prefix + "+": arg is len(prefix); the rest of the topic holds no "/"
 _REST = 1  # prefix + "#": arg is the parent topic, which "#" matches too (§4.7.1.2)
 _GENERAL = 2  # anything else: arg is (min levels, max levels, literal levels to compare)
@@ -110,7 +110,10 @@ _GENERAL = 2  # anything else: arg is (min levels, max levels, literal levels to
 _Entry = tuple[str, int, Any, Match, tuple[str, ...]]
 
 
-def _compile(levels: tuple[str, ...], match: Match) -> _Entry:
+def _compile(levels: tuple[str, ...], match: Match) -> str | _Entry:
+    """A wildcard-free pattern becomes its topic string, any other an _Entry."""
+    if "+" not in levels and "#" not in levels:
+        return "/".join(levels)
     first = next(i for i, lv in enumerate(levels) if lv in ("+", "#"))
     prefix = "".join(lv + "/" for lv in levels[:first])
     if first == len(levels) - 1:
@@ -133,14 +136,13 @@ class _Table:
         self.by_first: dict[str, tuple[_Entry, ...]] = {}
         self.leading: tuple[_Entry, ...] = ()  # patterns whose level 0 is a wildcard
 
-    def add(self, levels: tuple[str, ...], match: Match) -> None:
-        if "+" not in levels and "#" not in levels:
-            self.exact.setdefault("/".join(levels), match)  # first in policy order wins
-        elif levels[0] in ("+", "#"):
-            self.leading += (_compile(levels, match),)
+    def add(self, compiled: str | _Entry, match: Match) -> None:
+        if isinstance(compiled, str):
+            self.exact.setdefault(compiled, match)  # first in policy order wins
+        elif (first := compiled[4][0]) in ("+", "#"):
+            self.leading += (compiled,)
         else:
-            group = self.by_first.get(levels[0], ())
-            self.by_first[levels[0]] = group + (_compile(levels, match),)
+            self.by_first[first] = self.by_first.get(first, ()) + (compiled,)
 
     def seal(self) -> None:
         # Append the leading-wildcard patterns to every group they can apply to, so that a
@@ -209,26 +211,33 @@ def _substitute(pattern: TopicPattern, values: Mapping[str, str]) -> tuple[str, 
     return tuple(out)
 
 
+# One pattern of one permission set: its answer, the action tables it joins, and its
+# compiled form when it has no variable (None: substitute and compile at bind time).
+_Plan = tuple[TopicPattern, Match, tuple[int, ...], str | _Entry | None]
+_ACTION_TABLE = {
+    TopicAction.PUBLISH: 0,
+    TopicAction.PUBLISH_RETAIN_MESSAGE: 1,
+    TopicAction.SUBSCRIBE: 2,
+}
+
+
 class BoundPolicy:
-    """A policy with one connection's variable values filled in: the per-message checks."""
+    """A policy with one connection's variable values filled in: the per-message checks.
+    Obtain one from CompiledPolicy.bind()."""
 
     __slots__ = ("_publish", "_retain", "_subscribe")
 
-    def __init__(self, permission_sets: Sequence[PermissionSet], values: Mapping[str, str]):
-        self._publish, self._retain, self._subscribe = _Table(), _Table(), _Table()
-        tables = {
-            TopicAction.PUBLISH: self._publish,
-            TopicAction.PUBLISH_RETAIN_MESSAGE: self._retain,
-            TopicAction.SUBSCRIBE: self._subscribe,
-        }
-        for index, pset in enumerate(permission_sets):
-            for pattern in pset.topics:
+    def __init__(self, plans: Sequence[_Plan], values: Mapping[str, str]) -> None:
+        tables = self._publish, self._retain, self._subscribe = _Table(), _Table(), _Table()
+        for pattern, match, actions, compiled in plans:
+            if compiled is None:
                 levels = _substitute(pattern, values)
-                if levels is not None:
-                    match = Match(True, index, pattern.text)
-                    for action in pset.actions:
-                        tables[action].add(levels, match)
-        for table in tables.values():
+                if levels is None:
+                    continue
+                compiled = _compile(levels, match)
+            for action in actions:
+                tables[action].add(compiled, match)
+        for table in tables:
             table.seal()
 
     def can_publish(self, topic: str, retain: bool) -> Match:
@@ -241,7 +250,9 @@ class BoundPolicy:
 
     def can_subscribe(self, topic_filter: str) -> Match:
         """Allowed only if one SUBSCRIBE pattern covers every topic the filter can match.
-        An invalid filter is denied (never raises)."""
+        An invalid filter is denied (never raises). An MQTT 5 shared subscription
+        (`$share/<group>/<filter>`, 5.0 §4.8.2) must be unwrapped by the caller: as given,
+        only a pattern starting with a literal `$share` covers it."""
         if "+" not in topic_filter and "#" not in topic_filter:
             return _lookup(self._subscribe, topic_filter)
         try:
@@ -265,6 +276,14 @@ class CompiledPolicy:
 
     def __init__(self, permission_sets: Sequence[PermissionSet], cache_size: int = 1024) -> None:
         self.permission_sets = tuple(permission_sets)
+        self._plans: list[_Plan] = []
+        for index, pset in enumerate(self.permission_sets):
+            tables = tuple(sorted({_ACTION_TABLE[a] for a in pset.actions}))
+            for pattern in pset.topics:
+                match = Match(True, index, pattern.text)
+                levels = None if pattern.variables else _substitute(pattern, {})
+                fixed = None if levels is None else _compile(levels, match)
+                self._plans.append((pattern, match, tables, fixed))
         used = {v for ps in self.permission_sets for t in ps.topics for v in t.variables}
         self._variables = tuple(sorted(used))
         self._bound: Callable[[tuple[str, ...]], BoundPolicy] = functools.lru_cache(cache_size)(
@@ -272,7 +291,7 @@ class CompiledPolicy:
         )
 
     def _build(self, key: tuple[str, ...]) -> BoundPolicy:
-        return BoundPolicy(self.permission_sets, dict(zip(self._variables, key, strict=True)))
+        return BoundPolicy(self._plans, dict(zip(self._variables, key, strict=True)))
 
     def bind(self, values: Mapping[str, str]) -> BoundPolicy:
         """Fill in one connection's variables (cached per distinct values the policy uses).

@@ -56,19 +56,26 @@ class AuditProjection(ViewProjection):
         if org_uid:
             self._org_of[entity_id] = org_uid
         changes = {
-            k: _jsonable(v)
-            for k, v in vars(event).items()
-            if k not in SKIP and k not in HIDDEN
+            k: _jsonable(v) for k, v in vars(event).items() if k not in SKIP and k not in HIDDEN
         }
         self._pending.add(
             "INSERT INTO audit_log (position, occurred_at, org_uid, entity_type, entity_id,"
             " entity_version, event_type, actor_kind, actor, actor_owner, request_id, source_ip,"
             " changes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                position, event.timestamp.isoformat(), org_uid, entity_type,
-                entity_id, event.originator_version, event_type,
-                meta.get("actor_kind"), meta.get("actor"), meta.get("actor_owner"),
-                meta.get("request_id"), meta.get("source_ip"), json.dumps(changes),
+                position,
+                event.timestamp.isoformat(),
+                org_uid,
+                entity_type,
+                entity_id,
+                event.originator_version,
+                event_type,
+                meta.get("actor_kind"),
+                meta.get("actor"),
+                meta.get("actor_owner"),
+                meta.get("request_id"),
+                meta.get("source_ip"),
+                json.dumps(changes),
             ],
         )
 
@@ -86,8 +93,19 @@ class AuditProjection(ViewProjection):
 
 
 AUDIT_FIELDS = (
-    "position", "occurred_at", "org_uid", "entity_type", "entity_id", "entity_version",
-    "event_type", "actor_kind", "actor", "actor_owner", "request_id", "source_ip", "changes",
+    "position",
+    "occurred_at",
+    "org_uid",
+    "entity_type",
+    "entity_id",
+    "entity_version",
+    "event_type",
+    "actor_kind",
+    "actor",
+    "actor_owner",
+    "request_id",
+    "source_ip",
+    "changes",
 )
 
 
@@ -114,8 +132,11 @@ class AuditView:
         where: list[str] = []
         params: list[Any] = []
         for column, value in (
-            ("org_uid", org_uid), ("entity_id", entity_id), ("entity_type", entity_type),
-            ("actor", actor), ("event_type", event_type),
+            ("org_uid", org_uid),
+            ("entity_id", entity_id),
+            ("entity_type", entity_type),
+            ("actor", actor),
+            ("event_type", event_type),
         ):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -11,11 +11,36 @@ from projections.db import Tx, ViewDb
 from projections.statements import Pending
 
 CERT_FIELDS = (
-    "certificate_id", "org_uid", "name", "subject", "issuer", "fingerprint", "serial", "is_ca",
-    "status", "not_before", "not_after", "not_after_epoch", "folder", "policy_id", "run_as_user",
-    "registration_template", "registration_folder", "pinned_host", "pinned_component",
-    "key_type", "key_size", "sans", "ski", "aki", "self_signed", "pem", "version",
-    "created_at", "updated_at", "deleted",
+    "certificate_id",
+    "org_uid",
+    "name",
+    "subject",
+    "issuer",
+    "fingerprint",
+    "serial",
+    "is_ca",
+    "status",
+    "not_before",
+    "not_after",
+    "not_after_epoch",
+    "folder",
+    "policy_id",
+    "run_as_user",
+    "registration_template",
+    "registration_folder",
+    "pinned_host",
+    "pinned_component",
+    "key_type",
+    "key_size",
+    "sans",
+    "ski",
+    "aki",
+    "self_signed",
+    "pem",
+    "version",
+    "created_at",
+    "updated_at",
+    "deleted",
 )
 
 # event name -> (column, event attribute or constant)
@@ -102,18 +127,36 @@ class CatalogueProjection(ViewProjection):
     def _imported(self, event: Any, position: int) -> None:
         f = event.facts
         values = {
-            "certificate_id": str(event.originator_id), "org_uid": event.org_uid,
-            "name": event.name, "subject": f["subject"], "issuer": f["issuer"],
-            "fingerprint": f["fingerprint"], "serial": f["serial"], "is_ca": int(event.is_ca),
-            "status": "ACTIVE", "not_before": f["not_before"], "not_after": f["not_after"],
+            "certificate_id": str(event.originator_id),
+            "org_uid": event.org_uid,
+            "name": event.name,
+            "subject": f["subject"],
+            "issuer": f["issuer"],
+            "fingerprint": f["fingerprint"],
+            "serial": f["serial"],
+            "is_ca": int(event.is_ca),
+            "status": "ACTIVE",
+            "not_before": f["not_before"],
+            "not_after": f["not_after"],
             "not_after_epoch": datetime.fromisoformat(f["not_after"]).timestamp(),
-            "folder": event.folder, "policy_id": event.policy_id, "run_as_user": None,
-            "registration_template": None, "registration_folder": None, "pinned_host": None,
-            "pinned_component": None, "key_type": f.get("key_type"), "key_size": f.get("key_size"),
-            "sans": json.dumps(f.get("sans", [])), "ski": f.get("ski"), "aki": f.get("aki"),
-            "self_signed": int(bool(f.get("self_signed"))), "pem": f["pem"],
-            "version": event.originator_version, "created_at": _iso(event.timestamp),
-            "updated_at": _iso(event.timestamp), "deleted": 0,
+            "folder": event.folder,
+            "policy_id": event.policy_id,
+            "run_as_user": None,
+            "registration_template": None,
+            "registration_folder": None,
+            "pinned_host": None,
+            "pinned_component": None,
+            "key_type": f.get("key_type"),
+            "key_size": f.get("key_size"),
+            "sans": json.dumps(f.get("sans", [])),
+            "ski": f.get("ski"),
+            "aki": f.get("aki"),
+            "self_signed": int(bool(f.get("self_signed"))),
+            "pem": f["pem"],
+            "version": event.originator_version,
+            "created_at": _iso(event.timestamp),
+            "updated_at": _iso(event.timestamp),
+            "deleted": 0,
         }
         placeholders = ", ".join("?" for _ in CERT_FIELDS)
         self._pending.add(
@@ -141,9 +184,14 @@ class CatalogueProjection(ViewProjection):
             " permission_sets, version, created_at, updated_at, deleted)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
             [
-                str(event.originator_id), event.org_uid, event.policy_id, event.name,
-                json.dumps(event.permission_sets), event.originator_version,
-                _iso(event.timestamp), _iso(event.timestamp),
+                str(event.originator_id),
+                event.org_uid,
+                event.policy_id,
+                event.name,
+                json.dumps(event.permission_sets),
+                event.originator_version,
+                _iso(event.timestamp),
+                _iso(event.timestamp),
             ],
         )
 
@@ -152,7 +200,8 @@ class CatalogueProjection(ViewProjection):
         column, value = {
             "Renamed": ("name", getattr(event, "name", None)),
             "PermissionSetsReplaced": (
-                "permission_sets", json.dumps(getattr(event, "permission_sets", None))
+                "permission_sets",
+                json.dumps(getattr(event, "permission_sets", None)),
             ),
             "Deleted": ("deleted", 1),
         }[kind]

@@ -80,7 +80,7 @@ class CatalogueView:
         items = []
         for row in rows[:limit]:
             item = _cert(row[: len(LIST_FIELDS)], LIST_FIELDS)
-            item["effective_status"] = effective_status(*row[len(LIST_FIELDS):])
+            item["effective_status"] = effective_status(*row[len(LIST_FIELDS) :])
             items.append(item)
         next_cursor = None
         if len(rows) > limit:
@@ -104,28 +104,41 @@ class CatalogueView:
         )
         return [
             {
-                "policy_id": r[0], "name": r[1], "permission_sets": json.loads(r[2]),
-                "version": r[3], "created_at": r[4], "updated_at": r[5],
+                "policy_id": r[0],
+                "name": r[1],
+                "permission_sets": json.loads(r[2]),
+                "version": r[3],
+                "created_at": r[4],
+                "updated_at": r[5],
             }
             for r in rows
         ]
 
     def folders(self, org_uid: str) -> list[dict[str, Any]]:
         """Every folder with its certificate count (direct and with subfolders)."""
-        paths = [r[0] for r in self.db.query(
-            "SELECT path FROM catalogue_folders WHERE org_uid = ? AND deleted = 0 ORDER BY path",
-            (org_uid,),
-        )]
-        counts = dict(self.db.query(
-            "SELECT folder, COUNT(*) FROM catalogue_certificates"
-            " WHERE org_uid = ? AND deleted = 0 GROUP BY folder",
-            (org_uid,),
-        ))
+        paths = [
+            r[0]
+            for r in self.db.query(
+                "SELECT path FROM catalogue_folders WHERE org_uid = ? AND deleted = 0 ORDER BY path",
+                (org_uid,),
+            )
+        ]
+        counts: dict[str, int] = dict(
+            self.db.query(
+                "SELECT folder, COUNT(*) FROM catalogue_certificates"
+                " WHERE org_uid = ? AND deleted = 0 GROUP BY folder",
+                (org_uid,),
+            )
+        )
         out = []
         for path in paths:
             prefix = path.rstrip("/") + "/"
-            total = sum(n for f, n in counts.items() if f == path or path == "/" or f.startswith(prefix))
-            out.append({"path": path, "certificates": counts.get(path, 0), "certificates_total": total})
+            total = sum(
+                n for f, n in counts.items() if f == path or path == "/" or f.startswith(prefix)
+            )
+            out.append(
+                {"path": path, "certificates": counts.get(path, 0), "certificates_total": total}
+            )
         return out
 
 
@@ -139,7 +152,10 @@ def effective_status(
     if not usable:
         return {"usable": False, "reason": blocked_reason}
     if now < float(not_before):
-        return {"usable": False, "reason": "not-yet-valid: a certificate of the chain is not valid yet"}
+        return {
+            "usable": False,
+            "reason": "not-yet-valid: a certificate of the chain is not valid yet",
+        }
     if now > float(not_after):
         return {"usable": False, "reason": "expired: a certificate of the chain has expired"}
     return {"usable": True, "reason": None}

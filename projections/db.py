@@ -109,7 +109,9 @@ class PostgresViewDb:
         with _pg_connect(conninfo) as conn:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             conn.commit()
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, configure=configure, open=True)
+        self._pool = ConnectionPool(
+            conninfo, min_size=1, max_size=max_size, configure=configure, open=True
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:

@@ -21,10 +21,30 @@ from projections.db import Tx, ViewDb
 MAX_DEPTH = 16
 
 CERT_COLUMNS = (
-    "certificate_id", "org_uid", "fingerprint", "common_name", "subject_key", "issuer_key",
-    "ski", "aki", "self_signed", "status", "own_not_before", "own_not_after", "pem",
-    "parent_id", "usable", "blocked_reason", "not_before", "not_after", "chain",
-    "policy_id", "pinned_host", "pinned_component", "deleted", "position",
+    "certificate_id",
+    "org_uid",
+    "fingerprint",
+    "common_name",
+    "subject_key",
+    "issuer_key",
+    "ski",
+    "aki",
+    "self_signed",
+    "status",
+    "own_not_before",
+    "own_not_after",
+    "pem",
+    "parent_id",
+    "usable",
+    "blocked_reason",
+    "not_before",
+    "not_after",
+    "chain",
+    "policy_id",
+    "pinned_host",
+    "pinned_component",
+    "deleted",
+    "position",
 )
 
 
@@ -57,12 +77,30 @@ class _Cert:
 
     def values(self) -> tuple[Any, ...]:
         return (
-            self.certificate_id, self.org_uid, self.fingerprint, self.common_name,
-            self.subject_key, self.issuer_key, self.ski, self.aki, int(self.self_signed),
-            self.status, self.own_not_before, self.own_not_after, self.pem, self.parent_id,
-            int(self.usable), self.blocked_reason, self.not_before, self.not_after,
-            json.dumps(self.chain), self.policy_id, self.pinned_host, self.pinned_component,
-            int(self.deleted), self.position,
+            self.certificate_id,
+            self.org_uid,
+            self.fingerprint,
+            self.common_name,
+            self.subject_key,
+            self.issuer_key,
+            self.ski,
+            self.aki,
+            int(self.self_signed),
+            self.status,
+            self.own_not_before,
+            self.own_not_after,
+            self.pem,
+            self.parent_id,
+            int(self.usable),
+            self.blocked_reason,
+            self.not_before,
+            self.not_after,
+            json.dumps(self.chain),
+            self.policy_id,
+            self.pinned_host,
+            self.pinned_component,
+            int(self.deleted),
+            self.position,
         )
 
 
@@ -161,12 +199,20 @@ class LookupProjection(ViewProjection):
     def _imported(self, event: Any, position: int) -> None:
         f = event.facts
         cert = _Cert(
-            certificate_id=str(event.originator_id), org_uid=event.org_uid,
-            fingerprint=f["fingerprint"], common_name=f.get("common_name"),
-            subject_key=f["subject_key"], issuer_key=f["issuer_key"], ski=f.get("ski"),
-            aki=f.get("aki"), self_signed=bool(f["self_signed"]), status="ACTIVE",
-            own_not_before=_epoch(f["not_before"]), own_not_after=_epoch(f["not_after"]),
-            pem=f["pem"], policy_id=event.policy_id,
+            certificate_id=str(event.originator_id),
+            org_uid=event.org_uid,
+            fingerprint=f["fingerprint"],
+            common_name=f.get("common_name"),
+            subject_key=f["subject_key"],
+            issuer_key=f["issuer_key"],
+            ski=f.get("ski"),
+            aki=f.get("aki"),
+            self_signed=bool(f["self_signed"]),
+            status="ACTIVE",
+            own_not_before=_epoch(f["not_before"]),
+            own_not_after=_epoch(f["not_after"]),
+            pem=f["pem"],
+            policy_id=event.policy_id,
         )
         self._index(cert)
         self._resolve_parent(cert)
@@ -301,8 +347,14 @@ class LookupProjection(ViewProjection):
             " aggregate_id = excluded.aggregate_id, permission_sets = excluded.permission_sets,"
             " deleted = excluded.deleted, position = excluded.position",
             [
-                (agg, k[0], k[1], json.dumps(self.policies[k].permission_sets),
-                 int(self.policies[k].deleted), pos)
+                (
+                    agg,
+                    k[0],
+                    k[1],
+                    json.dumps(self.policies[k].permission_sets),
+                    int(self.policies[k].deleted),
+                    pos,
+                )
                 for k, (agg, pos) in self._dirty_policies.items()
             ],
         )
@@ -327,8 +379,20 @@ class LookupProjection(ViewProjection):
             (after, upto),
         )
         certs = [
-            CertRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], float(r[6]), float(r[7]), r[8],
-                    r[9], r[10], bool(r[11]))
+            CertRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                bool(r[4]),
+                r[5],
+                float(r[6]),
+                float(r[7]),
+                r[8],
+                r[9],
+                r[10],
+                bool(r[11]),
+            )
             for r in rows
         ]
         policies = [

@@ -58,7 +58,9 @@ class ProjectionRunner:
         self._reload()
 
     def _reload(self) -> None:
-        rows = dict(self.db.query("SELECT name, position FROM projection_tracking"))
+        rows: dict[str, int] = {
+            str(r[0]): int(r[1]) for r in self.db.query("SELECT name, position FROM projection_tracking")
+        }
         for projection in self.projections:
             self._positions[projection.name] = int(rows.get(projection.name, 0))
             projection.load(self.db)
@@ -134,7 +136,9 @@ class ProjectionRunner:
             return
         self.poke()
         with self._cond:
-            self._cond.wait_for(lambda: self.position >= position or self.error is not None, timeout)
+            self._cond.wait_for(
+                lambda: self.position >= position or self.error is not None, timeout
+            )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="projections", daemon=True)

@@ -29,7 +29,15 @@ def audit_log(
 ) -> dict[str, Any]:
     require(ctx, org, Role.VIEWER)
     items, next_cursor = cw.audit.query(
-        org, entity_id=entity_id, entity_type=entity_type, actor=actor, event_type=event_type,
-        since=since, until=until, newest_first=order == "newest", limit=limit, cursor=cursor,
+        org,
+        entity_id=entity_id,
+        entity_type=entity_type,
+        actor=actor,
+        event_type=event_type,
+        since=since,
+        until=until,
+        newest_first=order == "newest",
+        limit=limit,
+        cursor=cursor,
     )
     return {"items": items, "next_cursor": next_cursor}

@@ -28,21 +28,39 @@ def explain(org: str, body: ExplainRequest, cw: CW, ctx: Context) -> DecisionPub
     cw.sync()
     authz = cw.authorization
     if body.action == "CONNECT":
-        decision = authz.check_connect(fingerprint, body.peer_ip or "", pin=False) if body.peer_ip \
+        decision = (
+            authz.check_connect(fingerprint, body.peer_ip or "", pin=False)
+            if body.peer_ip
             else _connect_without_ip(cw, fingerprint)
+        )
     else:
         if not body.topic:
             raise InvalidInput("topic is required for PUBLISH, SUBSCRIBE and RECEIVE")
         decision = authz.authorize(
-            AccessRequest(fingerprint, body.client_id, body.peer_ip or "", Action(body.action),
-                          body.topic, body.retain)
-            if body.peer_ip else
-            AccessRequest(fingerprint, body.client_id, _pinned_or_any(cw, fingerprint),
-                          Action(body.action), body.topic, body.retain)
+            AccessRequest(
+                fingerprint,
+                body.client_id,
+                body.peer_ip or "",
+                Action(body.action),
+                body.topic,
+                body.retain,
+            )
+            if body.peer_ip
+            else AccessRequest(
+                fingerprint,
+                body.client_id,
+                _pinned_or_any(cw, fingerprint),
+                Action(body.action),
+                body.topic,
+                body.retain,
+            )
         )
     return DecisionPublic(
-        allowed=decision.allowed, reason=decision.reason, detail=decision.detail,
-        certificate_id=decision.certificate_id, matched=decision.matched,
+        allowed=decision.allowed,
+        reason=decision.reason,
+        detail=decision.detail,
+        certificate_id=decision.certificate_id,
+        matched=decision.matched,
     )
 
 

@@ -21,7 +21,12 @@ from projections.catalogue_view import effective_status
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/certificates", tags=["certificates"])
 
-RAW_TYPES = ("application/x-pem-file", "application/pkix-cert", "application/octet-stream", "text/plain")
+RAW_TYPES = (
+    "application/x-pem-file",
+    "application/pkix-cert",
+    "application/octet-stream",
+    "text/plain",
+)
 
 
 @router.post(
@@ -63,7 +68,9 @@ async def import_certificates(
         data = body
     else:
         raise InvalidInput(f"unsupported content type {content_type[:60]!r}")
-    outcomes = await _run(cw, lambda: cw.registry.import_certificates(org, data, ctx.actor, **options))
+    outcomes = await _run(
+        cw, lambda: cw.registry.import_certificates(org, data, ctx.actor, **options)
+    )
     cw.runner.wait(cw.registry.max_position())
     return ImportResultPublic(certificates=[ImportedPublic(**vars_of(o)) for o in outcomes])
 
@@ -94,8 +101,15 @@ def list_certificates(
 ) -> CertificatePagePublic:
     require(ctx, org, Role.VIEWER)
     items, next_cursor = cw.catalogue.list_certificates(
-        org, folder=folder, recursive=recursive, status=status_, is_ca=is_ca,
-        expiring_within_days=expiring_within_days, text=q, limit=limit, cursor=cursor,
+        org,
+        folder=folder,
+        recursive=recursive,
+        status=status_,
+        is_ca=is_ca,
+        expiring_within_days=expiring_within_days,
+        text=q,
+        limit=limit,
+        cursor=cursor,
     )
     return CertificatePagePublic(items=items, next_cursor=next_cursor)
 
@@ -105,28 +119,50 @@ def _one(cw: Certwarden, org: str, certificate_id: str) -> dict[str, Any]:
     chain = cw.lookup.chain(str(cert.id)) or {}
     facts = cert.facts
     return {
-        "certificate_id": str(cert.id), "org_uid": cert.org_uid, "name": cert.name,
-        "subject": facts["subject"], "issuer": facts["issuer"], "fingerprint": facts["fingerprint"],
-        "serial": facts["serial"], "status": cert.status, "is_ca": cert.is_ca,
-        "ca_detected": facts["ca_detected"], "self_signed": facts["self_signed"],
-        "not_before": facts["not_before"], "not_after": facts["not_after"],
-        "key_type": facts["key_type"], "key_size": facts["key_size"], "sans": facts["sans"],
-        "ski": facts["ski"], "aki": facts["aki"], "policy_id": cert.policy_id,
+        "certificate_id": str(cert.id),
+        "org_uid": cert.org_uid,
+        "name": cert.name,
+        "subject": facts["subject"],
+        "issuer": facts["issuer"],
+        "fingerprint": facts["fingerprint"],
+        "serial": facts["serial"],
+        "status": cert.status,
+        "is_ca": cert.is_ca,
+        "ca_detected": facts["ca_detected"],
+        "self_signed": facts["self_signed"],
+        "not_before": facts["not_before"],
+        "not_after": facts["not_after"],
+        "key_type": facts["key_type"],
+        "key_size": facts["key_size"],
+        "sans": facts["sans"],
+        "ski": facts["ski"],
+        "aki": facts["aki"],
+        "policy_id": cert.policy_id,
         "run_as_user": cert.run_as_user,
-        "registration": {"template_id": cert.registration_template,
-                         "initial_folder": cert.registration_folder},
-        "pinned_host": cert.pinned_host, "pinned_component": cert.pinned_component,
-        "folder": cert.folder, "pem": facts["pem"], "version": cert.version,
-        "chain": chain.get("chain", []), "issuer_certificate_id": chain.get("issuer_id"),
+        "registration": {
+            "template_id": cert.registration_template,
+            "initial_folder": cert.registration_folder,
+        },
+        "pinned_host": cert.pinned_host,
+        "pinned_component": cert.pinned_component,
+        "folder": cert.folder,
+        "pem": facts["pem"],
+        "version": cert.version,
+        "chain": chain.get("chain", []),
+        "issuer_certificate_id": chain.get("issuer_id"),
         "effective_status": effective_status(
-            chain.get("usable"), chain.get("blocked_reason"),
-            chain.get("chain_not_before"), chain.get("chain_not_after"),
+            chain.get("usable"),
+            chain.get("blocked_reason"),
+            chain.get("chain_not_before"),
+            chain.get("chain_not_after"),
         ),
     }
 
 
 @router.get("/{certificate_id}")
-def get_certificate(org: str, certificate_id: str, cw: CW, ctx: Context, response: Response) -> dict[str, Any]:
+def get_certificate(
+    org: str, certificate_id: str, cw: CW, ctx: Context, response: Response
+) -> dict[str, Any]:
     require(ctx, org, Role.VIEWER)
     data = _one(cw, org, certificate_id)
     response.headers["ETag"] = etag(data["version"])

@@ -20,7 +20,9 @@ router = APIRouter(prefix="/api/v1/orgs", tags=["organizations"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=OrganizationPublic)
-def create_organization(body: CreateOrganizationRequest, cw: CW, ctx: Context) -> OrganizationPublic:
+def create_organization(
+    body: CreateOrganizationRequest, cw: CW, ctx: Context
+) -> OrganizationPublic:
     if ctx.principal.role is not Role.SUPER_ADMIN:
         raise Forbidden("only super-admin keys create organizations")
     org = cw.registry.create_organization(body.name, ctx.actor)

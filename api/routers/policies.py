@@ -16,16 +16,22 @@ router = APIRouter(prefix="/api/v1/orgs/{org}/policies", tags=["policies"])
 
 def _public(policy: Policy) -> PolicyPublic:
     return PolicyPublic(
-        policy_id=policy.policy_id, name=policy.name,
-        permission_sets=policy.permission_sets, version=policy.version,
+        policy_id=policy.policy_id,
+        name=policy.name,
+        permission_sets=policy.permission_sets,
+        version=policy.version,
     )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PolicyPublic)
-def create_policy(org: str, body: CreatePolicyRequest, cw: CW, ctx: Context, response: Response) -> PolicyPublic:
+def create_policy(
+    org: str, body: CreatePolicyRequest, cw: CW, ctx: Context, response: Response
+) -> PolicyPublic:
     require(ctx, org, Role.ADMIN)
     sets = [s.model_dump() for s in body.permission_sets]
-    policy = cw.registry.create_policy(org, body.policy_id, body.name or body.policy_id, sets, ctx.actor)
+    policy = cw.registry.create_policy(
+        org, body.policy_id, body.name or body.policy_id, sets, ctx.actor
+    )
     cw.sync()
     response.headers["ETag"] = etag(policy.version)
     return _public(policy)
@@ -58,7 +64,11 @@ def update_policy(
     require(ctx, org, Role.ADMIN)
     sets = None if body.permission_sets is None else [s.model_dump() for s in body.permission_sets]
     policy = cw.registry.update_policy(
-        org, policy_id, ctx.actor, name=body.name, permission_sets=sets,
+        org,
+        policy_id,
+        ctx.actor,
+        name=body.name,
+        permission_sets=sets,
         expected_version=parse_if_match(if_match),
     )
     cw.sync()

@@ -23,9 +23,13 @@ def new_org(cw: Certwarden, policy: bool = True) -> str:
     return org
 
 
-def import_chain(cw: Certwarden, org: str, policy: str | None = "devices") -> tuple[list[str], f.Issued]:
+def import_chain(
+    cw: Certwarden, org: str, policy: str | None = "devices"
+) -> tuple[list[str], f.Issued]:
     root, inter, leaf = f.make_chain()
-    done = cw.registry.import_certificates(org, leaf.pem + inter.pem + root.pem, ADMIN, policy_id=policy)
+    done = cw.registry.import_certificates(
+        org, leaf.pem + inter.pem + root.pem, ADMIN, policy_id=policy
+    )
     cw.sync()
     return [d.certificate_id for d in done], leaf
 
@@ -35,17 +39,23 @@ class TestRegistryInMemory:
     def store(self) -> str:
         return "memory"
 
-    def test_a_bundle_becomes_one_certificate_per_member_with_ca_detected(self, cw: Certwarden) -> None:
+    def test_a_bundle_becomes_one_certificate_per_member_with_ca_detected(
+        self, cw: Certwarden
+    ) -> None:
         org = new_org(cw)
         root, inter, leaf = f.make_chain()
-        done = cw.registry.import_certificates(org, leaf.pem + inter.pem + root.pem, ADMIN, policy_id="devices")
+        done = cw.registry.import_certificates(
+            org, leaf.pem + inter.pem + root.pem, ADMIN, policy_id="devices"
+        )
         assert [d.is_ca for d in done] == [False, True, True]
         assert all(d.created for d in done)
         cert = cw.registry.certificate(org, done[0].certificate_id)
         assert cert.name == leaf.cert.subject.rfc4514_string()
         assert cert.status == "ACTIVE"
 
-    def test_reimporting_the_identical_certificate_returns_the_existing_id(self, cw: Certwarden) -> None:
+    def test_reimporting_the_identical_certificate_returns_the_existing_id(
+        self, cw: Certwarden
+    ) -> None:
         org = new_org(cw)
         leaf = f.make_self_signed_leaf(f.unique_cn())
         first = cw.registry.import_certificates(org, leaf.pem, ADMIN)
@@ -61,7 +71,9 @@ class TestRegistryInMemory:
             cw.registry.import_certificates(b, leaf.pem, ADMIN)
         assert caught.value.extra["other_org_uid"] == a
 
-    def test_a_ca_certificate_can_be_imported_into_several_organizations(self, cw: Certwarden) -> None:
+    def test_a_ca_certificate_can_be_imported_into_several_organizations(
+        self, cw: Certwarden
+    ) -> None:
         a, b = new_org(cw), new_org(cw)
         root = f.make_root(f.unique_cn("root"))
         one = cw.registry.import_certificates(a, root.pem, ADMIN)
@@ -89,7 +101,9 @@ class TestRegistryInMemory:
     def test_importing_with_an_unknown_policy_is_refused(self, cw: Certwarden) -> None:
         org = new_org(cw)
         with pytest.raises(InvalidInput):
-            cw.registry.import_certificates(org, f.make_root(f.unique_cn()).pem, ADMIN, policy_id="nope")
+            cw.registry.import_certificates(
+                org, f.make_root(f.unique_cn()).pem, ADMIN, policy_id="nope"
+            )
 
     def test_a_chain_is_usable_until_its_intermediate_is_deactivated(self, cw: Certwarden) -> None:
         org = new_org(cw)
@@ -104,7 +118,9 @@ class TestRegistryInMemory:
         cw.sync()
         assert cw.authorization.authorize_connect(connect).allowed
 
-    def test_a_leaf_imported_before_its_issuers_becomes_usable_when_they_arrive(self, cw: Certwarden) -> None:
+    def test_a_leaf_imported_before_its_issuers_becomes_usable_when_they_arrive(
+        self, cw: Certwarden
+    ) -> None:
         org = new_org(cw)
         root, inter, leaf = f.make_chain()
         cw.registry.import_certificates(org, leaf.pem, ADMIN, policy_id="devices")
@@ -124,10 +140,14 @@ class TestRegistryInMemory:
         decision = cw.authorization.authorize_connect(ConnectRequest(leaf.der, "c", "127.0.0.1"))
         assert decision.reason == "incomplete-chain"
 
-    def test_the_first_connect_pins_the_host_and_other_hosts_are_refused(self, cw: Certwarden) -> None:
+    def test_the_first_connect_pins_the_host_and_other_hosts_are_refused(
+        self, cw: Certwarden
+    ) -> None:
         org = new_org(cw)
         ids, leaf = import_chain(cw, org)
-        assert cw.authorization.authorize_connect(ConnectRequest(leaf.der, "c", "127.0.0.1")).allowed
+        assert cw.authorization.authorize_connect(
+            ConnectRequest(leaf.der, "c", "127.0.0.1")
+        ).allowed
         cw.sync()
         cert = cw.registry.certificate(org, ids[0])
         assert cert.pinned_host == "127.0.0.1"
@@ -137,17 +157,29 @@ class TestRegistryInMemory:
         assert other.reason == "pinned-elsewhere"
         cw.registry.update_certificate(org, ids[0], {"pinned_host": None}, ADMIN)
         cw.sync()
-        assert cw.authorization.authorize_connect(ConnectRequest(leaf.der, "c", "127.0.0.2")).allowed
+        assert cw.authorization.authorize_connect(
+            ConnectRequest(leaf.der, "c", "127.0.0.2")
+        ).allowed
 
-    def test_topics_outside_the_organization_are_denied_whatever_the_policy(self, cw: Certwarden) -> None:
+    def test_topics_outside_the_organization_are_denied_whatever_the_policy(
+        self, cw: Certwarden
+    ) -> None:
         org = new_org(cw, policy=False)
-        cw.registry.create_policy(org, "all", "All", [{"topics": ["#"], "actions": ["PUBLISH", "SUBSCRIBE"]}], ADMIN)
+        cw.registry.create_policy(
+            org, "all", "All", [{"topics": ["#"], "actions": ["PUBLISH", "SUBSCRIBE"]}], ADMIN
+        )
         ids, leaf = import_chain(cw, org, policy="all")
         fp = leaf_fp(leaf)
         other = str(uuid.uuid4())
-        ok = cw.authorization.authorize(AccessRequest(fp, "c", "127.0.0.1", Action.PUBLISH, f"{org}/x"))
+        ok = cw.authorization.authorize(
+            AccessRequest(fp, "c", "127.0.0.1", Action.PUBLISH, f"{org}/x")
+        )
         assert ok.allowed
-        for action, topic in ((Action.PUBLISH, f"{other}/x"), (Action.SUBSCRIBE, "#"), (Action.SUBSCRIBE, "+/x")):
+        for action, topic in (
+            (Action.PUBLISH, f"{other}/x"),
+            (Action.SUBSCRIBE, "#"),
+            (Action.SUBSCRIBE, "+/x"),
+        ):
             denied = cw.authorization.authorize(AccessRequest(fp, "c", "127.0.0.1", action, topic))
             assert denied.reason == "outside-namespace", topic
 
@@ -155,8 +187,12 @@ class TestRegistryInMemory:
         org = new_org(cw)
         _, leaf = import_chain(cw, org)
         fp = leaf_fp(leaf)
-        plain = AccessRequest(fp, "c", "127.0.0.1", Action.PUBLISH, f"{org}/feed/cid/1", retain=False)
-        retained = AccessRequest(fp, "c", "127.0.0.1", Action.PUBLISH, f"{org}/feed/cid/1", retain=True)
+        plain = AccessRequest(
+            fp, "c", "127.0.0.1", Action.PUBLISH, f"{org}/feed/cid/1", retain=False
+        )
+        retained = AccessRequest(
+            fp, "c", "127.0.0.1", Action.PUBLISH, f"{org}/feed/cid/1", retain=True
+        )
         assert cw.authorization.authorize(plain).allowed
         assert cw.authorization.authorize(retained).reason == "no-matching-permission"
 
@@ -166,7 +202,12 @@ class TestRegistryInMemory:
         request = AccessRequest(leaf_fp(leaf), "c", "127.0.0.1", Action.PUBLISH, f"{org}/other")
         assert not cw.authorization.authorize(request).allowed
         generation = cw.index.generation
-        cw.registry.update_policy(org, "devices", ADMIN, permission_sets=[{"topics": ["${org.uid}/#"], "actions": ["PUBLISH"]}])
+        cw.registry.update_policy(
+            org,
+            "devices",
+            ADMIN,
+            permission_sets=[{"topics": ["${org.uid}/#"], "actions": ["PUBLISH"]}],
+        )
         cw.sync()
         assert cw.authorization.authorize(request).allowed
         assert leaf_fp(leaf) in cw.index.changes_since(generation).kick
@@ -181,9 +222,13 @@ class TestRegistryInMemory:
         org = new_org(cw)
         ids, _ = import_chain(cw, org)
         cert = cw.registry.certificate(org, ids[0])
-        cw.registry.update_certificate(org, ids[0], {"name": "renamed"}, ADMIN, expected_version=cert.version)
+        cw.registry.update_certificate(
+            org, ids[0], {"name": "renamed"}, ADMIN, expected_version=cert.version
+        )
         with pytest.raises(PreconditionFailed):
-            cw.registry.update_certificate(org, ids[0], {"name": "again"}, ADMIN, expected_version=cert.version)
+            cw.registry.update_certificate(
+                org, ids[0], {"name": "again"}, ADMIN, expected_version=cert.version
+            )
 
     def test_another_organizations_certificate_is_not_found(self, cw: Certwarden) -> None:
         a, b = new_org(cw), new_org(cw)
@@ -203,7 +248,9 @@ class TestRegistryInMemory:
         org = new_org(cw)
         near = f.make_self_signed_leaf(f.unique_cn())
         cw.registry.import_certificates(org, near.pem, ADMIN, folder="/plant/line-1")
-        cw.registry.import_certificates(org, f.make_root(f.unique_cn("r")).pem, ADMIN, folder="/plant", status="INACTIVE")
+        cw.registry.import_certificates(
+            org, f.make_root(f.unique_cn("r")).pem, ADMIN, folder="/plant", status="INACTIVE"
+        )
         cw.sync()
         rows, _ = cw.catalogue.list_certificates(org, folder="/plant")
         assert len(rows) == 2
@@ -225,7 +272,9 @@ class TestRegistryInMemory:
                 break
         assert len(seen) == len(set(seen)) == 5
 
-    def test_every_event_reaches_the_audit_log_with_actor_and_request_id(self, cw: Certwarden) -> None:
+    def test_every_event_reaches_the_audit_log_with_actor_and_request_id(
+        self, cw: Certwarden
+    ) -> None:
         org = new_org(cw)
         ids, _ = import_chain(cw, org)
         cw.registry.update_certificate(org, ids[0], {"name": "n1", "status": "INACTIVE"}, ADMIN)

@@ -484,10 +484,14 @@ def test_coverage_holds_exactly_when_every_topic_of_the_filter_matches_the_patte
 def test_the_compiled_matcher_agrees_with_the_reference_functions(
     pattern: list[str], filt: list[str]
 ) -> None:
-    policy = bound((["/".join(pattern)], ["SUBSCRIBE"]))
-    assert policy.can_subscribe("/".join(filt)).allowed is filter_covers(pattern, filt)
-    for topic in UNIVERSE:
-        assert policy.can_receive("/".join(topic)).allowed is topic_matches(pattern, topic)
+    static = bound((["/".join(pattern)], ["SUBSCRIBE"]))
+    # The same pattern with its "a" levels from a variable takes the bind-time path.
+    templated = "/".join("${client.id}" if lv == "a" else lv for lv in pattern)
+    variable = bound(([templated], ["SUBSCRIBE"]), client_id="a")
+    for policy in static, variable:
+        assert policy.can_subscribe("/".join(filt)).allowed is filter_covers(pattern, filt)
+        for topic in UNIVERSE:
+            assert policy.can_receive("/".join(topic)).allowed is topic_matches(pattern, topic)
 
 
 def test_topic_actions_are_the_three_grovestreams_ones() -> None:

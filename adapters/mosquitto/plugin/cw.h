@@ -62,6 +62,8 @@ void cw_put_u32(struct cw_buf *b, uint32_t v);
 void cw_put_u64(struct cw_buf *b, uint64_t v);
 void cw_put_raw(struct cw_buf *b, const void *p, size_t n);
 void cw_put_str(struct cw_buf *b, const char *s, size_t n, size_t max); /* u16 length + bytes */
+/* Reserve n bytes and return where to write them, or NULL (overflow set). */
+uint8_t *cw_put_space(struct cw_buf *b, size_t n);
 
 uint8_t cw_get_u8(struct cw_reader *r);
 uint16_t cw_get_u16(struct cw_reader *r);
@@ -94,6 +96,8 @@ struct cw_buf cw_link_begin(struct cw_link *l, uint8_t type);
 /* Send the request, read one reply of type `expect`. 0: *reply covers the reply body.
  * -1: transport error, timeout, oversize or wrong type; the link is closed and backs off. */
 int cw_link_call(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct cw_reader *reply);
+/* A well-framed reply did not parse: the stream is suspect; close it and back off. */
+void cw_link_fail(struct cw_link *l, const char *why);
 
 /* ---- client table (cw_table.c) ------------------------------------------- */
 

@@ -75,6 +75,16 @@ void cw_put_str(struct cw_buf *b, const char *s, size_t n, size_t max)
 	cw_put_raw(b, s, n);
 }
 
+uint8_t *cw_put_space(struct cw_buf *b, size_t n)
+{
+	uint8_t *p;
+
+	if(!buf_room(b, n)) return NULL;
+	p = b->data + b->len;
+	b->len += n;
+	return p;
+}
+
 const uint8_t *cw_get_raw(struct cw_reader *r, size_t n)
 {
 	const uint8_t *p;
@@ -311,6 +321,11 @@ struct cw_buf cw_link_begin(struct cw_link *l, uint8_t type)
 
 	cw_put_u8(&b, type);
 	return b;
+}
+
+void cw_link_fail(struct cw_link *l, const char *why)
+{
+	(void)link_fail(l, why);
 }
 
 int cw_link_call(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct cw_reader *reply)
