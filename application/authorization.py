@@ -52,6 +52,8 @@ class AuthzIndex:
         self._policies: dict[tuple[str, str], CompiledPolicy] = {}
         self._policy_users: dict[tuple[str, str], set[str]] = {}
         self._bound: dict[tuple[str, str, str], BoundPolicy] = {}
+        self._resolved: dict[str, CertRow | Decision] = {}  # fingerprint -> live row or why not
+        self.allowed_cache: dict[tuple[str, str, bool, int | None, str | None], Decision] = {}
         self.service_fingerprints: frozenset[str] = frozenset()
         self.position = 0
         self.generation = 0
@@ -71,7 +73,9 @@ class AuthzIndex:
                 kick |= self._apply_policy(policy)
             for row in changes.certificates:
                 self._apply_cert(row, kick, recheck)
+                self._resolve(row.fingerprint)
             self._bound.clear()
+            self.allowed_cache.clear()
             self.position = changes.position
             self.generation += 1
             self._log.append((self.generation, frozenset(kick), frozenset(recheck - kick)))
@@ -122,6 +126,19 @@ class AuthzIndex:
     # -- lookups ----------------------------------------------------------
     def row(self, fingerprint: str) -> CertRow | Decision:
         """The one live row for a fingerprint, or the deny decision explaining why not."""
+        found = self._resolved.get(fingerprint)
+        if found is None:
+            return deny("unknown-certificate", "the certificate is not registered", fp=fingerprint)
+        return found
+
+    def _resolve(self, fingerprint: str) -> None:
+        found = self._compute_row(fingerprint)
+        if isinstance(found, Decision) and found.reason == "unknown-certificate":
+            self._resolved.pop(fingerprint, None)
+        else:
+            self._resolved[fingerprint] = found
+
+    def _compute_row(self, fingerprint: str) -> CertRow | Decision:
         entry = self._by_fp.get(fingerprint)
         live = entry.live() if entry else []
         if not live:
@@ -216,33 +233,48 @@ class Authorization:
             return found
         row = found
         topic = request.topic
-        if topic.split("/", 1)[0] != row.org_uid:
+        org = row.org_uid
+        if not (topic.startswith(org) and topic[len(org) : len(org) + 1] == "/"):
             return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
         bound = self.index.bound_policy(row, request.client_id)
         if bound is None:
             return deny("no-policy", "the certificate has no (existing) policy", row)
-        if request.action is Action.PUBLISH:
+        action = request.action
+        if action is Action.PUBLISH:
             match = bound.can_publish(topic, request.retain)
-        elif request.action is Action.SUBSCRIBE:
+        elif action is Action.SUBSCRIBE:
             match = bound.can_subscribe(topic)
         else:
             match = bound.can_receive(topic)
+        # decisions are immutable per (certificate, action, rule) until the index changes
+        key = (row.certificate_id, action, request.retain, match.permission_set, match.pattern)
+        cache = self.index.allowed_cache
+        decision = cache.get(key)
+        if decision is not None:
+            return decision
+        if len(cache) > 200_000:
+            cache.clear()
         if not match.allowed:
-            needed = "PUBLISH_RETAIN_MESSAGE" if request.retain else str(request.action)
-            return deny("no-matching-permission", f"no permission set grants {needed} here", row)
-        return Decision(
-            True,
-            "allowed",
-            f"permission set {match.permission_set} pattern {match.pattern!r}",
-            row.fingerprint,
-            row.org_uid,
-            row.certificate_id,
-            {
-                "policy_id": row.policy_id,
-                "permission_set": match.permission_set,
-                "pattern": match.pattern,
-            },
-        )
+            needed = "PUBLISH_RETAIN_MESSAGE" if request.retain else str(action)
+            decision = deny(
+                "no-matching-permission", f"no permission set grants {needed} here", row
+            )
+        else:
+            decision = Decision(
+                True,
+                "allowed",
+                f"permission set {match.permission_set} pattern {match.pattern!r}",
+                row.fingerprint,
+                row.org_uid,
+                row.certificate_id,
+                {
+                    "policy_id": row.policy_id,
+                    "permission_set": match.permission_set,
+                    "pattern": match.pattern,
+                },
+            )
+        cache[key] = decision
+        return decision
 
     def _service(self, request: AccessRequest) -> Decision:
         levels = request.topic.split("/")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from uuid import UUID
@@ -43,7 +42,7 @@ class RegistryBase(Application[UUID]):
         self.policy_usage: PolicyUsage = _NoUsage()
         self.projections: ProjectionSync = _NoSync()
         self._listeners: list[Callable[[int], None]] = []
-        self._save_lock = threading.Lock()
+        self.known_folders: set[UUID] = set()  # folders seen alive in this process
 
     # -- persistence ------------------------------------------------------
     def on_saved(self, listener: Callable[[int], None]) -> None:

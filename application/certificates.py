@@ -10,7 +10,7 @@ from eventsourcing.domain import Aggregate
 
 from application.base import RegistryBase
 from application.policies import PolicyCommands
-from domain.certificate import Certificate, parse_status
+from domain.certificate import Certificate, Status, parse_status
 from domain.errors import Conflict, InvalidInput
 from domain.folder import Folder, ancestors, folder_id, normalise_folder
 from domain.meta import Actor, ActorKind
@@ -34,6 +34,15 @@ class Imported:
     subject: str
     is_ca: bool
     created: bool  # False when the identical certificate was already registered here
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    name: str | None
+    is_ca: bool | None
+    policy_id: str | None
+    folder: str
+    status: Status | None
 
 
 UPDATABLE = {
@@ -78,6 +87,56 @@ class CertificateCommands(PolicyCommands, RegistryBase):
         wanted_status = parse_status(status) if status else None
         folder = normalise_folder(folder)
         meta = actor.meta()
+        options = _Options(name, is_ca, policy_id, folder, wanted_status)
+        done = self._import_optimistic(org_uid, facts_list, meta, options)
+        if done is None:
+            done = self._import_careful(org_uid, facts_list, meta, options)
+        return done
+
+    def _new_certificate(
+        self, org_uid: str, facts: CertificateFacts, meta: dict[str, str], o: _Options
+    ) -> Certificate:
+        cert = Certificate.import_(
+            org_uid, facts, meta, name=o.name, is_ca=o.is_ca, policy_id=o.policy_id, folder=o.folder
+        )
+        if o.status is not None:
+            cert.set_status(o.status, meta)
+        return cert
+
+    def _import_optimistic(
+        self, org_uid: str, facts_list: list[CertificateFacts], meta: dict[str, str], o: _Options
+    ) -> list[Imported] | None:
+        """Fast path without reads: every DN is new, so every reservation is created at
+        version 1. If any already exists the whole save fails atomically (IntegrityError)
+        and the careful path takes over to find out why."""
+        if len({f.subject_key for f in facts_list}) != len(facts_list):
+            return None
+        to_save: list[Aggregate] = []
+        outcomes = []
+        for facts in facts_list:
+            cert = self._new_certificate(org_uid, facts, meta, o)
+            owner = str(cert.id)
+            to_save.append(cert)
+            to_save.append(
+                Reservation(
+                    key=org_dn_key(org_uid, facts.subject_key), owner=owner, org_uid=org_uid
+                )
+            )
+            if not cert.is_ca:
+                to_save.append(
+                    Reservation(key=device_dn_key(facts.subject_key), owner=owner, org_uid=org_uid)
+                )
+            outcomes.append(Imported(owner, facts.fingerprint, facts.subject, cert.is_ca, True))
+        to_save.extend(self._ensure_folders(org_uid, o.folder, meta))
+        try:
+            self.commit(*to_save)
+        except Conflict:
+            return None
+        return outcomes
+
+    def _import_careful(
+        self, org_uid: str, facts_list: list[CertificateFacts], meta: dict[str, str], o: _Options
+    ) -> list[Imported]:
         pending: dict[str, Reservation] = {}
         to_save: list[Aggregate] = []
         outcomes = []
@@ -90,11 +149,7 @@ class CertificateCommands(PolicyCommands, RegistryBase):
                     )
                 )
                 continue
-            cert = Certificate.import_(
-                org_uid, facts, meta, name=name, is_ca=is_ca, policy_id=policy_id, folder=folder
-            )
-            if wanted_status is not None:
-                cert.set_status(wanted_status, meta)
+            cert = self._new_certificate(org_uid, facts, meta, o)
             owner = str(cert.id)
             try:
                 self.claim(org_dn_key(org_uid, facts.subject_key), owner, org_uid, pending)
@@ -105,7 +160,7 @@ class CertificateCommands(PolicyCommands, RegistryBase):
             to_save.append(cert)
             outcomes.append(Imported(owner, facts.fingerprint, facts.subject, cert.is_ca, True))
         if to_save:
-            to_save.extend(self._ensure_folders(org_uid, folder, meta))
+            to_save.extend(self._ensure_folders(org_uid, o.folder, meta))
             self.commit(*to_save, *pending.values())
         return outcomes
 
@@ -138,12 +193,17 @@ class CertificateCommands(PolicyCommands, RegistryBase):
     def _ensure_folders(self, org_uid: str, folder: str, meta: dict[str, str]) -> list[Folder]:
         created = []
         for path in ancestors(folder):
-            existing = self.find(Folder, folder_id(org_uid, path))
+            fid = folder_id(org_uid, path)
+            if fid in self.known_folders:
+                continue
+            existing = self.find(Folder, fid)
             if existing is None:
                 created.append(Folder(org_uid=org_uid, path=path, meta=meta))
             elif existing.deleted:
                 existing.restore(meta)
                 created.append(existing)
+            else:
+                self.known_folders.add(fid)
         return created
 
     def certificate(self, org_uid: str, certificate_id: str) -> Certificate:

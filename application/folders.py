@@ -34,3 +34,4 @@ class FolderCommands(CertificateCommands):
             raise Conflict(f"folder holds {in_use} certificate(s); move them first")
         folder.delete(actor.meta())
         self.commit(folder)
+        self.known_folders.discard(folder.id)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import uuid
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from domain.errors import InvalidInput, InvalidTopicPattern
 from domain.topics import (
@@ -99,6 +101,10 @@ def test_a_pattern_names_the_variables_it_uses() -> None:
 
 def test_the_known_variables_are_the_four_grovestreams_ones() -> None:
     assert VARIABLES == {"org.uid", "component.id", "client.id", "cert.cn"}
+
+
+def test_topic_actions_are_the_three_grovestreams_ones() -> None:
+    assert {a.value for a in TopicAction} == set(ALL)
 
 
 @pytest.mark.parametrize("text", ["a//b", "/a", "a/", "/", "$SYS/#", "price$/x", "a/}/b", "*"])
@@ -254,6 +260,12 @@ def test_a_leading_wildcard_never_matches_a_dollar_topic(pattern: str) -> None:
     assert policy.can_receive("sys/broker/load").allowed
 
 
+def test_a_leading_wildcard_does_not_match_a_dollar_topic_beside_a_literal_dollar_pattern() -> None:
+    policy = bound((["$SYS/broker/+", "#", "+/other/x"], ["SUBSCRIBE"]))
+    assert policy.can_receive("$SYS/broker/load").allowed
+    assert not policy.can_receive("$SYS/other/x").allowed
+
+
 def test_a_literal_dollar_level_with_wildcards_after_it_matches_dollar_topics() -> None:
     policy = bound((["$SYS/#"], ["SUBSCRIBE"]), (["$aws/+/x"], ["SUBSCRIBE"]))
     assert policy.can_receive("$SYS/broker/load").allowed
@@ -292,6 +304,7 @@ def test_an_exact_pattern_is_named_before_a_wildcard_one_then_policy_order() -> 
         (["#"], ["SUBSCRIBE"]),
         (["a/+"], ["SUBSCRIBE"]),
         (["a/*"], ["SUBSCRIBE"]),
+        (["a/b"], ["SUBSCRIBE"]),
         (["a/b"], ["SUBSCRIBE"]),
     )
     assert policy.can_receive("a/b") == Match(True, 3, "a/b")
@@ -447,9 +460,6 @@ def test_binding_is_cached_per_distinct_values_of_the_variables_used() -> None:
 
 # --- properties -------------------------------------------------------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
-st = hypothesis.strategies
-
 # Patterns and filters use literals "a", "$x", ""; topics add "z", a literal no pattern names,
 # so a finite universe of topics up to one level longer than any pattern decides coverage.
 LEVEL = st.sampled_from(["a", "$x", "", "+"])
@@ -480,19 +490,19 @@ def test_coverage_holds_exactly_when_every_topic_of_the_filter_matches_the_patte
 
 
 @hypothesis.settings(max_examples=300, deadline=None)
-@hypothesis.given(pattern=wildcard_levels(), filt=wildcard_levels())
+@hypothesis.given(
+    patterns=st.lists(wildcard_levels(), min_size=1, max_size=3), filt=wildcard_levels()
+)
 def test_the_compiled_matcher_agrees_with_the_reference_functions(
-    pattern: list[str], filt: list[str]
+    patterns: list[list[str]], filt: list[str]
 ) -> None:
-    static = bound((["/".join(pattern)], ["SUBSCRIBE"]))
-    # The same pattern with its "a" levels from a variable takes the bind-time path.
-    templated = "/".join("${client.id}" if lv == "a" else lv for lv in pattern)
-    variable = bound(([templated], ["SUBSCRIBE"]), client_id="a")
+    static = bound((["/".join(p) for p in patterns], ["SUBSCRIBE"]))
+    # The same patterns with their "a" levels from a variable take the bind-time path.
+    templated = ["/".join("${client.id}" if lv == "a" else lv for lv in p) for p in patterns]
+    variable = bound((templated, ["SUBSCRIBE"]), client_id="a")
+    covered = any(filter_covers(p, filt) for p in patterns)
     for policy in static, variable:
-        assert policy.can_subscribe("/".join(filt)).allowed is filter_covers(pattern, filt)
+        assert policy.can_subscribe("/".join(filt)).allowed is covered
         for topic in UNIVERSE:
-            assert policy.can_receive("/".join(topic)).allowed is topic_matches(pattern, topic)
-
-
-def test_topic_actions_are_the_three_grovestreams_ones() -> None:
-    assert {a.value for a in TopicAction} == set(ALL)
+            expected = any(topic_matches(p, topic) for p in patterns)
+            assert policy.can_receive("/".join(topic)).allowed is expected

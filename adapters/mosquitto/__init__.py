@@ -1,0 +1,1 @@
+"""Mosquitto enforcement point: C plugin, its authz socket server, broker config and process."""
