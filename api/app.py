@@ -12,7 +12,15 @@ from fastapi.responses import PlainTextResponse
 from adapters.settings import Settings
 from api import errors
 from api.errors import problem
-from api.routers import audit, authorize, certificates, folders, organizations, policies
+from api.routers import (
+    audit,
+    authorize,
+    certificates,
+    components,
+    folders,
+    organizations,
+    policies,
+)
 from application.bootstrap import Certwarden, bootstrap
 
 
@@ -62,7 +70,7 @@ def create_app(cw: Certwarden | None = None, settings: Settings | None = None) -
             request._body = body  # already read: let handlers see it
         return await call_next(request)
 
-    for module in (organizations, certificates, policies, folders, audit, authorize):
+    for module in (organizations, certificates, policies, folders, audit, authorize, components):
         app.include_router(module.router)
 
     @app.get("/api/v1/truststore", response_class=PlainTextResponse, tags=["truststore"])

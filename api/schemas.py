@@ -143,3 +143,21 @@ class DecisionPublic(BaseModel):
     detail: str
     certificate_id: str | None
     matched: dict[str, Any]
+
+
+class CreateComponentTemplateRequest(Strict):
+    template_id: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(default=None, max_length=200)
+    name_pattern: str = Field(default="[component.id]", max_length=200)
+
+
+class UpdateComponentTemplateRequest(Strict):
+    name: str | None = Field(default=None, max_length=200)
+    name_pattern: str | None = Field(default=None, max_length=200)
+
+
+class ComponentTemplatePublic(BaseModel):
+    template_id: str
+    name: str
+    name_pattern: str
+    version: int

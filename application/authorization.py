@@ -18,7 +18,8 @@ from domain.topics import BoundPolicy, CompiledPolicy, PermissionSet
 from domain.x509 import fingerprint_of_der
 
 CHANGE_LOG = 10_000
-SERVICE_TOPICS = ("manage",)  # {org}/manage/... ; replies: {org}/cid/{id}/reply
+SERVICE_TOPICS = ("manage",)
+MYORG_PREFIX = "manage/cert/myorg/cid/"  # GroveStreams: a device asks which org it is in  # {org}/manage/... ; replies: {org}/cid/{id}/reply
 
 
 def deny(reason: str, detail: str, row: CertRow | None = None, fp: str | None = None) -> Decision:
@@ -233,6 +234,17 @@ class Authorization:
             return found
         row = found
         topic = request.topic
+        if topic.startswith(MYORG_PREFIX) and request.action is Action.PUBLISH:
+            rest = topic[len(MYORG_PREFIX) :]
+            if rest and not request.retain and not any(c in rest for c in "/+#"):
+                return Decision(
+                    True,
+                    "myorg",
+                    "any usable certificate may ask for its organization",
+                    row.fingerprint,
+                    row.org_uid,
+                    row.certificate_id,
+                )
         org = row.org_uid
         if not (topic.startswith(org) and topic[len(org) : len(org) + 1] == "/"):
             return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)

@@ -8,11 +8,14 @@ from typing import Any
 
 from adapters.settings import Settings
 from application.authorization import Authorization, AuthzIndex
+from application.enforcement import Enforcement
 from application.registry import Registry
 from projections.audit import AuditProjection, AuditView
 from projections.catalogue import CatalogueProjection
 from projections.catalogue_view import CatalogueView
+from projections.components import ComponentsProjection, ComponentsView
 from projections.db import PostgresViewDb, SqliteViewDb, ViewDb
+from projections.decision_log import SqlDecisionLog
 from projections.lookup import LookupProjection, LookupTable
 from projections.runner import ProjectionRunner
 
@@ -32,6 +35,9 @@ class Certwarden:
     lookup: LookupTable
     index: AuthzIndex
     authorization: Authorization
+    components: ComponentsView
+    decisions: SqlDecisionLog
+    enforcement: Enforcement
     background: bool = False
 
     def start(self, background: bool = True) -> None:
@@ -49,6 +55,7 @@ class Certwarden:
 
     def close(self) -> None:
         self.runner.stop()
+        self.decisions.close()
         self.registry.close()
         self.db.close()
 
@@ -86,7 +93,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     runner = ProjectionRunner(
         registry,
         db,
-        [lookup_projection, catalogue_projection, AuditProjection()],
+        [lookup_projection, catalogue_projection, AuditProjection(), ComponentsProjection()],
         poll_interval=settings.projection_poll_seconds,
     )
     lookup = LookupTable(db)
@@ -99,6 +106,23 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     authorization = Authorization(
         index, on_first_connect=lambda cert_id, ip: registry.pin_host_on_first_connect(cert_id, ip)
     )
+    decisions = SqlDecisionLog(db)
+    enforcement = Enforcement(
+        authorization,
+        lambda cert_id, component, ip: registry.register_on_feed(cert_id, component, ip),
+        decisions,
+    )
     return Certwarden(
-        settings, registry, db, runner, catalogue, AuditView(db), lookup, index, authorization
+        settings,
+        registry,
+        db,
+        runner,
+        catalogue,
+        AuditView(db),
+        lookup,
+        index,
+        authorization,
+        ComponentsView(db),
+        decisions,
+        enforcement,
     )

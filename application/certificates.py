@@ -11,6 +11,7 @@ from eventsourcing.domain import Aggregate
 from application.base import RegistryBase
 from application.policies import PolicyCommands
 from domain.certificate import Certificate, Status, parse_status
+from domain.component import template_key
 from domain.errors import Conflict, InvalidInput
 from domain.folder import Folder, ancestors, folder_id, normalise_folder
 from domain.meta import Actor, ActorKind
@@ -243,6 +244,9 @@ class CertificateCommands(PolicyCommands, RegistryBase):
             cert.set_run_as_user(changes["run_as_user"], meta)
         if "registration" in changes:
             reg = changes["registration"] or {}
+            template_id = reg.get("template_id")
+            if template_id and self.owner_of(template_key(org_uid, template_id)) is None:
+                raise InvalidInput(f"component template {template_id!r} does not exist")
             cert.set_registration(reg.get("template_id"), reg.get("initial_folder"), meta)
             if cert.registration_folder:
                 extra.extend(self._ensure_folders(org_uid, cert.registration_folder, meta))

@@ -91,3 +91,37 @@ class ProjectionSync(Protocol):
     """Read-your-writes: block until read models have processed a position."""
 
     def wait(self, position: int, timeout: float = 5.0) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """A refused connect or a denied publish/subscribe, as kept in the decision log."""
+
+    at: float
+    org_uid: str | None
+    certificate_id: str | None
+    fingerprint: str | None
+    client_id: str
+    peer_ip: str
+    action: str  # CONNECT, PUBLISH, SUBSCRIBE, RECEIVE
+    topic: str
+    reason: str
+    detail: str
+
+
+class DecisionLog(Protocol):
+    """Where denials and component activity go. Must never block the broker's hot path."""
+
+    def record(self, entry: DecisionRecord) -> None: ...
+
+    def seen(self, org_uid: str, component_id: str, at: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A message certwarden asks the broker to publish (replies to device requests)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    correlation_data: bytes | None = None

@@ -1,12 +1,13 @@
-"""Registry: the certwarden application (organizations, users, keys, certificates, policies, folders)."""
+"""Registry: the certwarden application (organizations, users, keys, certificates, policies,
+folders, component templates and components)."""
 
 from __future__ import annotations
 
-from application.folders import FolderCommands
+from application.components import ComponentCommands
 from application.organizations import OrganizationCommands
 
 
-class Registry(FolderCommands, OrganizationCommands):
+class Registry(ComponentCommands, OrganizationCommands):
     """Commands mutate aggregates and save once; queries by id load aggregates.
 
     Persistence comes from the environment (eventsourcing): PERSISTENCE_MODULE

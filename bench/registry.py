@@ -92,6 +92,7 @@ def bench_import_and_catch_up(n_certs: int, n_events: int) -> None:
     settings = Settings(store="postgres", postgres_db="test", postgres_schema=schema,
                         data_dir=Path(tempfile.mkdtemp()))
     cw = bootstrap(settings)
+    cw.start(background=False)
     try:
         org = cw.registry.create_organization("bench", ACTOR).uid
         cw.registry.create_policy(org, "devices", "Devices", [{"topics": ["${org.uid}/feed/#"], "actions": ["PUBLISH"]}], ACTOR)
@@ -112,6 +113,7 @@ def bench_import_and_catch_up(n_certs: int, n_events: int) -> None:
         print(f"  ratio events/s : raw rows/s = {events / elapsed / baseline:.2f}x (target >= 1.0x)")
 
         # fill the log up to n_events with ordinary certificate changes
+        cw.sync()
         ids = [row["certificate_id"] for row in _all_ids(cw, org)]
         remaining = max(0, n_events - cw.registry.max_position())
         print(f"adding {remaining} update events ...", flush=True)

@@ -1,0 +1,152 @@
+"""The broker's side of certwarden: decisions plus their side effects.
+
+Authorization decides (pure, in memory); this service adds what follows from a decision:
+pinning the host on a first connect (inside Authorization), registering a component on its
+first feed publish, tracking component activity, answering `manage/cert/myorg`, and logging
+denials (rate limited per certificate by the DecisionLog adapter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from application.authorization import MYORG_PREFIX, Authorization
+from application.ports import (
+    AccessRequest,
+    Action,
+    Changes,
+    ConnectRequest,
+    Decision,
+    DecisionLog,
+    DecisionRecord,
+    Publish,
+)
+from domain.component import COMPONENT_ID
+from domain.errors import DomainError
+from domain.x509 import fingerprint_of_der
+
+log = logging.getLogger(__name__)
+
+MAX_KNOWN = 500_000
+
+
+def feed_component(org_uid: str, topic: str) -> str | None:
+    """'{org}/feed/cid/{component}[/...]' -> component id, else None."""
+    levels = topic.split("/", 5)
+    if len(levels) >= 4 and levels[0] == org_uid and levels[1] == "feed" and levels[2] == "cid":
+        component = levels[3]
+        return component if COMPONENT_ID.match(component) else None
+    return None
+
+
+def reply_topic(org_uid: str, component_id: str) -> str:
+    return f"{org_uid}/cid/{component_id}/reply"
+
+
+class Enforcement:
+    """Implements the Authorizer port for broker adapters."""
+
+    def __init__(
+        self,
+        authorization: Authorization,
+        register_on_feed: Callable[[str, str, str], str],
+        decisions: DecisionLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.authorization = authorization
+        self._register = register_on_feed
+        self._decisions = decisions
+        self._clock = clock
+        self._known: set[tuple[str, str]] = set()  # (certificate id, component) already handled
+
+    def authorize_connect(self, request: ConnectRequest) -> Decision:
+        decision = self.authorization.authorize_connect(request)
+        if not decision.allowed:
+            fingerprint = decision.fingerprint or fingerprint_of_der(request.certificate_der)
+            self._deny(decision, fingerprint, request.client_id, request.peer_ip, "CONNECT", "")
+        return decision
+
+    def authorize(self, request: AccessRequest) -> Decision:
+        decision = self.authorization.authorize(request)
+        if not decision.allowed:
+            self._deny(
+                decision,
+                request.fingerprint,
+                request.client_id,
+                request.peer_ip,
+                str(request.action),
+                request.topic,
+            )
+            return decision
+        if request.action is Action.PUBLISH and decision.org_uid and decision.certificate_id:
+            component = feed_component(decision.org_uid, request.topic)
+            if component is not None:
+                self._feed(decision.org_uid, decision.certificate_id, component, request.peer_ip)
+        return decision
+
+    def changes_since(self, generation: int) -> Changes:
+        return self.authorization.changes_since(generation)
+
+    def on_message(
+        self,
+        fingerprint: str,
+        client_id: str,
+        peer_ip: str,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> list[Publish]:
+        """Requests devices publish to certwarden; returns the replies to publish."""
+        if topic.startswith(MYORG_PREFIX):
+            component = topic[len(MYORG_PREFIX) :]
+            found = self.authorization.certificate_usable(fingerprint, peer_ip)
+            if isinstance(found, Decision) or not COMPONENT_ID.match(component):
+                return []
+            target = response_topic or reply_topic(found.org_uid, component)
+            if response_topic and not response_topic.startswith(found.org_uid + "/"):
+                target = reply_topic(found.org_uid, component)  # never reply outside the tenant
+            return [Publish(target, found.org_uid.encode(), 1, correlation_data)]
+        return []
+
+    def _feed(self, org_uid: str, certificate_id: str, component: str, peer_ip: str) -> None:
+        now = self._clock()
+        self._decisions.seen(org_uid, component, now)
+        key = (certificate_id, component)
+        if key in self._known:
+            return
+        try:
+            outcome = self._register(certificate_id, component, peer_ip)
+        except DomainError as exc:
+            log.warning("component registration for %s failed: %s", component, exc.detail)
+            return
+        if len(self._known) > MAX_KNOWN:
+            self._known.clear()
+        self._known.add(key)
+        log.debug("feed publish by %s to component %s: %s", certificate_id, component, outcome)
+
+    def _deny(
+        self,
+        decision: Decision,
+        fingerprint: str | None,
+        client_id: str,
+        peer_ip: str,
+        action: str,
+        topic: str,
+    ) -> None:
+        self._decisions.record(
+            DecisionRecord(
+                self._clock(),
+                decision.org_uid,
+                decision.certificate_id,
+                fingerprint,
+                client_id[:256],
+                peer_ip,
+                action,
+                topic[:1024],
+                decision.reason,
+                decision.detail,
+            )
+        )
