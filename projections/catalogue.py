@@ -73,7 +73,10 @@ class CatalogueProjection(ViewProjection):
     tables = ("catalogue_certificates", "catalogue_policies", "catalogue_folders")
 
     def __init__(self) -> None:
-        self._pending = Pending()
+        self._pending = Pending()  # policies and folders: few, kept in order
+        # certificates: changes coalesced per row, so a batch costs one statement per shape
+        self._inserts: dict[str, dict[str, Any]] = {}
+        self._updates: dict[str, dict[str, Any]] = {}
 
     def schema(self) -> list[str]:
         return [
@@ -120,9 +123,30 @@ class CatalogueProjection(ViewProjection):
 
     def load(self, db: ViewDb) -> None:
         self._pending.clear()
+        self._inserts.clear()
+        self._updates.clear()
 
     def flush(self, tx: Tx) -> None:
+        tx.bulk_insert(
+            "catalogue_certificates",
+            CERT_FIELDS,
+            [[row[k] for k in CERT_FIELDS] for row in self._inserts.values()],
+        )
+        shapes: dict[tuple[str, ...], list[list[Any]]] = {}
+        for certificate_id, changes in self._updates.items():
+            columns = tuple(sorted(changes))
+            shapes.setdefault(columns, []).append([changes[c] for c in columns] + [certificate_id])
+        for columns, rows in shapes.items():
+            tx.bulk_update("catalogue_certificates", "certificate_id", columns, rows)
+        self._inserts.clear()
+        self._updates.clear()
         self._pending.flush(tx)
+
+    def _change(self, certificate_id: str, changes: dict[str, Any]) -> None:
+        target = self._inserts.get(certificate_id)
+        if target is None:
+            target = self._updates.setdefault(certificate_id, {})
+        target.update(changes)
 
     def _imported(self, event: Any, position: int) -> None:
         f = event.facts
@@ -158,25 +182,18 @@ class CatalogueProjection(ViewProjection):
             "updated_at": _iso(event.timestamp),
             "deleted": 0,
         }
-        placeholders = ", ".join("?" for _ in CERT_FIELDS)
-        self._pending.add(
-            f"INSERT INTO catalogue_certificates ({', '.join(CERT_FIELDS)}) VALUES ({placeholders})",  # noqa: S608
-            [values[k] for k in CERT_FIELDS],
-        )
+        self._updates.pop(values["certificate_id"], None)
+        self._inserts[values["certificate_id"]] = values
 
     def _certificate_update(self, event: Any, position: int) -> None:
         spec = SIMPLE_UPDATES[type(event).__name__]
-        columns = [c for c, _, _ in spec]
-        params: list[Any] = []
-        for _column, attr, constant in spec:
+        changes: dict[str, Any] = {}
+        for column, attr, constant in spec:
             value = getattr(event, attr) if attr else constant
-            params.append(int(value) if isinstance(value, bool) else value)
-        sets = ", ".join(f"{c} = ?" for c in columns)
-        self._pending.add(
-            f"UPDATE catalogue_certificates SET {sets}, version = ?, updated_at = ?"  # noqa: S608
-            " WHERE certificate_id = ?",
-            [*params, event.originator_version, _iso(event.timestamp), str(event.originator_id)],
-        )
+            changes[column] = int(value) if isinstance(value, bool) else value
+        changes["version"] = event.originator_version
+        changes["updated_at"] = _iso(event.timestamp)
+        self._change(str(event.originator_id), changes)
 
     def _policy_created(self, event: Any, position: int) -> None:
         self._pending.add(

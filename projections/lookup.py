@@ -333,11 +333,10 @@ class LookupProjection(ViewProjection):
 
     # -- writing and reading -------------------------------------------------------
     def flush(self, tx: Tx) -> None:
-        placeholders = ", ".join("?" for _ in CERT_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in CERT_COLUMNS[1:])
-        tx.executemany(
-            f"INSERT INTO lookup_certificates ({', '.join(CERT_COLUMNS)}) VALUES ({placeholders}) "  # noqa: S608
-            f"ON CONFLICT (certificate_id) DO UPDATE SET {updates}",
+        tx.bulk_upsert(
+            "lookup_certificates",
+            ("certificate_id",),
+            CERT_COLUMNS,
             [self.certs[i].values() for i in self._dirty],
         )
         tx.executemany(
