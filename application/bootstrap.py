@@ -18,6 +18,7 @@ from projections.db import PostgresViewDb, SqliteViewDb, ViewDb
 from projections.decision_log import SqlDecisionLog
 from projections.lookup import LookupProjection, LookupTable
 from projections.runner import ProjectionRunner
+from projections.trust_anchors import TrustAnchorProjection
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Certwarden:
     components: ComponentsView
     decisions: SqlDecisionLog
     enforcement: Enforcement
+    trust_anchors: TrustAnchorProjection
     background: bool = False
 
     def start(self, background: bool = True) -> None:
@@ -90,10 +92,17 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     registry = Registry(env=settings.eventsourcing_env())
     lookup_projection = LookupProjection()
     catalogue_projection = CatalogueProjection()
+    trust_anchors = TrustAnchorProjection()
     runner = ProjectionRunner(
         registry,
         db,
-        [lookup_projection, catalogue_projection, AuditProjection(), ComponentsProjection()],
+        [
+            lookup_projection,
+            catalogue_projection,
+            AuditProjection(),
+            ComponentsProjection(),
+            trust_anchors,
+        ],
         poll_interval=settings.projection_poll_seconds,
     )
     lookup = LookupTable(db)
@@ -113,16 +122,17 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         decisions,
     )
     return Certwarden(
-        settings,
-        registry,
-        db,
-        runner,
-        catalogue,
-        AuditView(db),
-        lookup,
-        index,
-        authorization,
-        ComponentsView(db),
-        decisions,
-        enforcement,
+        settings=settings,
+        registry=registry,
+        db=db,
+        runner=runner,
+        catalogue=catalogue,
+        audit=AuditView(db),
+        lookup=lookup,
+        index=index,
+        authorization=authorization,
+        components=ComponentsView(db),
+        decisions=decisions,
+        enforcement=enforcement,
+        trust_anchors=trust_anchors,
     )

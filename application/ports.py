@@ -125,3 +125,10 @@ class Publish:
     payload: bytes
     qos: int = 1
     correlation_data: bytes | None = None
+
+
+class TrustAnchors(Protocol):
+    """Where the broker's TLS layer finds the CAs and self-signed device certificates it
+    accepts. Adding works live (capath is read lazily); removal is enforced by the decision."""
+
+    def replace(self, pems: list[str]) -> None: ...

@@ -147,3 +147,27 @@ def test_the_rate_limit_reports_how_many_entries_it_suppressed(cw: Certwarden, o
     rows = cw.decisions.query(org, limit=100)
     assert len(rows) == 21
     assert rows[0]["suppressed"] == 10
+
+
+class RecordingAnchors:
+    def __init__(self) -> None:
+        self.pems: list[str] = []
+
+    def replace(self, pems: list[str]) -> None:
+        self.pems = pems
+
+
+def test_trust_anchors_follow_registered_cas_and_self_signed_certificates(
+    cw: Certwarden, org: str
+) -> None:
+    sink = RecordingAnchors()
+    cw.trust_anchors.sink = sink
+    root, inter, leaf = f.make_chain()
+    ids = cw.registry.import_certificates(org, leaf.pem + inter.pem + root.pem, ADMIN)
+    self_signed = f.make_self_signed_leaf(f.unique_cn())
+    cw.registry.import_certificates(org, self_signed.pem, ADMIN)
+    cw.sync()
+    assert len(sink.pems) == 3 and leaf.pem.decode() not in sink.pems
+    cw.registry.delete_certificate(org, ids[2].certificate_id, ADMIN)
+    cw.sync()
+    assert len(sink.pems) == 2 and root.pem.decode() not in sink.pems
