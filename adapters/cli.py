@@ -55,19 +55,29 @@ def serve(
     cw = bootstrap(settings)
     cw.start()
     issued = cw.registry.ensure_bootstrap_key()
+    runtime = None
+    if settings.broker_enabled:
+        from adapters.broker_runtime import BrokerRuntime
+
+        runtime = BrokerRuntime(cw, settings)
+        runtime.start()
     base = f"http://{settings.http_host}:{settings.http_port}"
     console.rule("certwarden")
     console.print(f"store: {settings.store} ({settings.data_dir})")
     console.print(f"HTTP API: {base}/api/v1   OpenAPI: {base}/docs")
+    if runtime is not None:
+        console.print(
+            f"MQTT (TLS, client certificates): {settings.mqtt_host}:{settings.mqtt_port}; "
+            f"server CA: {base}/api/v1/truststore ({settings.pki_dir / 'server-ca.pem'})"
+        )
     if issued:
         console.print("[bold]super-admin API key (shown once, store it now):[/bold]")
         print(issued.secret, flush=True)
     else:
         console.print("super-admin key: issued on first start (see that output)")
     print(
-        "next: KEY=<the key above>; "
-        f'curl -s -H "Authorization: Bearer $KEY" -H "content-type: application/json" '
-        f"-d '{{\"name\":\"acme\"}}' {base}/api/v1/orgs",
+        "next: see README.md 'Quick start' (create an organization, a policy, import a chain,"
+        " connect with mosquitto_pub)",
         flush=True,
     )
     try:
@@ -75,6 +85,36 @@ def serve(
             create_app(cw), host=settings.http_host, port=settings.http_port, log_level="info"
         )
     finally:
+        if runtime is not None:
+            runtime.stop()
+        cw.close()
+
+
+@app.command()
+def authz() -> None:
+    """Standalone authz socket server for an external Mosquitto running the certwarden plugin."""
+    import signal
+    import threading
+
+    from adapters.broker_runtime import BrokerRuntime
+    from application.bootstrap import bootstrap
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings()
+    cw = bootstrap(settings)
+    cw.start()
+    runtime = BrokerRuntime(cw, settings)
+    runtime.prepare()
+    runtime.start_authz()
+    console.print(f"authz socket: {settings.authz_socket}; trust directory: {runtime.capath}")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.stop()
         cw.close()
 
 

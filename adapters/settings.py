@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     projection_poll_seconds: float = 0.2
 
+    broker_enabled: bool = Field(default=True, description="serve starts Mosquitto + plugin")
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 8883
+    mqtt_hostnames: list[str] = Field(default_factory=lambda: ["localhost"])
+    mosquitto_binary: str = "mosquitto"
+    plugin_path: Path = Path("var/build/certwarden_plugin.so")
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if self.http_host not in ("127.0.0.1", "::1", "localhost") and self.store == "memory":
@@ -38,6 +45,14 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "certwarden.sqlite"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def authz_socket(self) -> Path:
+        return self.data_dir / "authz.sock"
 
     @property
     def views_path(self) -> Path:

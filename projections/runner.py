@@ -99,13 +99,14 @@ class ProjectionRunner:
         except BaseException:
             self._reload()
             raise
+        for projection in behind:
+            projection.after_commit()  # before waking readers: the index and the trust
+            # directory must reflect what a waiting HTTP request just wrote
         with self._cond:
             for projection in behind:
                 self._positions[projection.name] = last
             self.processed += len(notifications)
             self._cond.notify_all()
-        for projection in behind:
-            projection.after_commit()
         return len(notifications)
 
     def catch_up(self) -> int:
