@@ -214,7 +214,8 @@ class Authorization:
             return found
         if found.policy_id is None:
             return deny("no-policy", "the certificate has no policy", found)
-        if pin and found.pinned_host is None and self._on_first_connect is not None:
+        first = found.pinned_host is None or not found.seen
+        if pin and first and self._on_first_connect is not None:
             self._on_first_connect(found.certificate_id, peer_ip)
         return Decision(
             True,

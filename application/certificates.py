@@ -138,6 +138,15 @@ class CertificateCommands(PolicyCommands, RegistryBase):
     def _import_careful(
         self, org_uid: str, facts_list: list[CertificateFacts], meta: dict[str, str], o: _Options
     ) -> list[Imported]:
+        outcomes, to_save = self._prepare_import(org_uid, facts_list, meta, o)
+        if to_save:
+            self.commit(*to_save)
+        return outcomes
+
+    def _prepare_import(
+        self, org_uid: str, facts_list: list[CertificateFacts], meta: dict[str, str], o: _Options
+    ) -> tuple[list[Imported], list[Aggregate]]:
+        """Everything an import would save (certificates, reservations, folders), unsaved."""
         pending: dict[str, Reservation] = {}
         to_save: list[Aggregate] = []
         outcomes = []
@@ -162,8 +171,8 @@ class CertificateCommands(PolicyCommands, RegistryBase):
             outcomes.append(Imported(owner, facts.fingerprint, facts.subject, cert.is_ca, True))
         if to_save:
             to_save.extend(self._ensure_folders(org_uid, o.folder, meta))
-            self.commit(*to_save, *pending.values())
-        return outcomes
+            to_save.extend(pending.values())
+        return outcomes, to_save
 
     def _same_dn_in_org(
         self, org_uid: str, facts: CertificateFacts, index: int
@@ -282,13 +291,19 @@ class CertificateCommands(PolicyCommands, RegistryBase):
             raise InvalidInput("run-as user must be a user of the same organization")
 
     def pin_host_on_first_connect(self, certificate_id: str, ip: str, request_id: str = "") -> None:
-        """Emits HostPinned with the certificate as actor, if the pin is still empty."""
+        """A successful connect: pins the host if the pin is empty (HostPinned) and records the
+        first connect ever (FirstSeen), both with the certificate as actor, in one save."""
         cert = self.get_typed(Certificate, certificate_id, "certificate")
-        if cert.deleted or cert.pinned_host is not None:
+        if cert.deleted or (cert.pinned_host is not None and cert.seen):
             return
         actor = Actor(ActorKind.CERTIFICATE, certificate_id, cert.org_uid, request_id, ip)
-        cert.pin_host(ip, actor.meta())
-        self.commit(cert)
+        if cert.pinned_host is None:
+            cert.pin_host(ip, actor.meta())
+        cert.record_first_seen(ip, actor.meta())
+        try:
+            self.commit(cert)
+        except Conflict:
+            pass  # a concurrent connect of the same certificate recorded it first
 
     def delete_certificate(self, org_uid: str, certificate_id: str, actor: Actor) -> None:
         """Emits Certificate.Deleted and frees its DN reservations (history stays)."""

@@ -22,6 +22,7 @@ class CertRow:
     pinned_host: str | None
     pinned_component: str | None
     deleted: bool
+    seen: bool = False  # has connected successfully at least once
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -132,3 +133,148 @@ class TrustAnchors(Protocol):
     accepts. Adding works live (capath is read lazily); removal is enforced by the decision."""
 
     def replace(self, pems: list[str]) -> None: ...
+
+
+# -- certificate operations ------------------------------------------------------------
+
+
+class PublishError(Exception):
+    """The MQTT broker is unreachable, refused the client, or did not acknowledge in time."""
+
+
+class CommandPublisher(Protocol):
+    """Publishes operation commands through the broker as certwarden's service identity.
+
+    publish() hands one message over (blocking while the in-flight window is full);
+    wait_all() returns once every QoS>0 message published so far is acknowledged.
+    open(), publish() and wait_all() raise PublishError."""
+
+    def open(self) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+    def wait_all(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PackageUsage(Protocol):
+    """Read-model question asked before deleting an action package."""
+
+    def count_using_package(self, org_uid: str, package_id: str) -> int: ...
+
+
+class MailError(Exception):
+    """The SMTP server is unreachable, refused the login or the message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str  # e.g. "text/csv"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    to: tuple[str, ...]
+    subject: str
+    text: str
+    html: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+
+class Mailer(Protocol):
+    """Sends one message to every recipient; raises MailError."""
+
+    def send(self, email: OutgoingEmail) -> None: ...
+
+
+class CronCalendar(Protocol):
+    """Cron arithmetic in an IANA zone; instants in and out are aware UTC datetimes.
+    validate() raises InvalidInput for expressions that are malformed or never fire."""
+
+    def validate(self, expression: str) -> None: ...
+
+    def latest_fire(self, expression: str, timezone: str, at: datetime) -> datetime | None: ...
+
+    def next_fire(self, expression: str, timezone: str, after: datetime) -> datetime | None: ...
+
+
+class RunQueue(Protocol):
+    """Hands a requested run to a worker: at-least-once, the worker is idempotent."""
+
+    def enqueue(self, org_uid: str, operation_id: str, run_id: str) -> None: ...
+
+
+class ServerCertificate(Protocol):
+    """The server CA certificate (PEM) devices keep in their truststore; raises OSError."""
+
+    def pem(self) -> str: ...
+
+
+class CertificatePages(Protocol):
+    """Catalogue pages in a stable order with an opaque cursor (read model)."""
+
+    def list_certificates(
+        self,
+        org_uid: str,
+        *,
+        folder: str | None = None,
+        recursive: bool = True,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateOutcome:
+    """What a run did with one certificate."""
+
+    certificate_id: str
+    name: str
+    subject: str
+    not_after: str
+    status: str
+    component_id: str | None
+    outcome: str  # domain.run_plan.Outcome
+    reason: str = ""
+    topics: tuple[str, ...] = ()
+    seq: int = 0  # processing order within the run
+
+
+@dataclass(frozen=True, slots=True)
+class RunCheckpoint:
+    """Committed progress of a run: the catalogue cursor after the last committed page."""
+
+    cursor: str | None
+    pages: int
+    done: bool
+    counts: dict[str, int]
+
+
+class RunProgress(Protocol):
+    """The idempotency record of runs: a lease, the cursor and per-certificate outcomes,
+    committed in one transaction after each page. acquire() returns None while another
+    live worker holds the lease; commit_page() returns None when this worker lost it."""
+
+    def acquire(
+        self, run_id: str, org_uid: str, operation_id: str, worker: str, now: float, ttl: float
+    ) -> RunCheckpoint | None: ...
+
+    def commit_page(
+        self,
+        run_id: str,
+        worker: str,
+        outcomes: Sequence[CertificateOutcome],
+        cursor: str | None,
+        done: bool,
+        now: float,
+        ttl: float,
+    ) -> RunCheckpoint | None: ...
+
+    def release(self, run_id: str, worker: str) -> None: ...
+
+    def outcomes(
+        self, run_id: str, *, outcome: str | None = None, after: int = -1, limit: int = 1000
+    ) -> list[CertificateOutcome]: ...

@@ -47,7 +47,8 @@ def check_ip(value: str) -> str:
 class Certificate(Aggregate):
     """Emits Imported, Renamed, Activated, Deactivated, CaIndicatorSet, PolicyAssigned,
     RunAsUserSet, RegistrationSet, HostPinned, HostPinCleared, ComponentPinned,
-    ComponentPinCleared, MovedToFolder, Deleted. A deleted certificate accepts no command."""
+    ComponentPinCleared, MovedToFolder, FirstSeen, Rolled, PredecessorRecorded, Deleted.
+    A deleted certificate accepts no command."""
 
     @event("Imported")
     def __init__(
@@ -73,6 +74,9 @@ class Certificate(Aggregate):
         self.pinned_host: str | None = None
         self.pinned_component: str | None = None
         self.deleted = False
+        self.seen = False
+        self.predecessor_id: str | None = None
+        self.successor_id: str | None = None
 
     @staticmethod
     def import_(
@@ -230,6 +234,34 @@ class Certificate(Aggregate):
     @event("MovedToFolder")
     def _moved_to_folder(self, folder: str, meta: dict[str, str]) -> None:
         self.folder = folder
+
+    def record_first_seen(self, ip: str, meta: dict[str, str]) -> None:
+        """The first successful connect ever (roll tracking: "new certificate seen")."""
+        if not self.seen and not self.deleted:
+            self._first_seen(ip=check_ip(ip) if ip else "", meta=meta)
+
+    @event("FirstSeen")
+    def _first_seen(self, ip: str, meta: dict[str, str]) -> None:
+        self.seen = True
+
+    def roll_to(self, successor_id: str, meta: dict[str, str]) -> None:
+        """This certificate is being replaced by `successor_id` (registered by the device)."""
+        self._alive()
+        if self.successor_id != successor_id:
+            self._rolled(successor_id=successor_id, meta=meta)
+
+    @event("Rolled")
+    def _rolled(self, successor_id: str, meta: dict[str, str]) -> None:
+        self.successor_id = successor_id
+
+    def record_predecessor(self, predecessor_id: str, meta: dict[str, str]) -> None:
+        self._alive()
+        if self.predecessor_id != predecessor_id:
+            self._predecessor_recorded(predecessor_id=predecessor_id, meta=meta)
+
+    @event("PredecessorRecorded")
+    def _predecessor_recorded(self, predecessor_id: str, meta: dict[str, str]) -> None:
+        self.predecessor_id = predecessor_id
 
     def delete(self, meta: dict[str, str]) -> None:
         if not self.deleted:

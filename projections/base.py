@@ -24,6 +24,7 @@ class ViewProjection:
 
     name: str = ""
     tables: tuple[str, ...] = ()
+    version: int = 1  # bump when the tables change shape: the runner rebuilds the read model
 
     def schema(self) -> list[str]:
         raise NotImplementedError

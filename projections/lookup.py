@@ -45,6 +45,7 @@ CERT_COLUMNS = (
     "pinned_component",
     "deleted",
     "position",
+    "seen",
 )
 
 
@@ -74,6 +75,7 @@ class _Cert:
     pinned_component: str | None = None
     deleted: bool = False
     position: int = 0
+    seen: bool = False
 
     def values(self) -> tuple[Any, ...]:
         return (
@@ -101,6 +103,7 @@ class _Cert:
             self.pinned_component,
             int(self.deleted),
             self.position,
+            int(self.seen),
         )
 
 
@@ -116,6 +119,7 @@ def _epoch(value: str) -> float:
 class LookupProjection(ViewProjection):
     name = "lookup"
     tables = ("lookup_certificates", "lookup_policies")
+    version = 2
 
     def __init__(self) -> None:
         self.listeners: list[Any] = []
@@ -141,7 +145,7 @@ class LookupProjection(ViewProjection):
             " parent_id TEXT, usable INTEGER NOT NULL, blocked_reason TEXT NOT NULL,"
             " not_before DOUBLE PRECISION, not_after DOUBLE PRECISION, chain TEXT NOT NULL,"
             " policy_id TEXT, pinned_host TEXT, pinned_component TEXT, deleted INTEGER NOT NULL,"
-            " position BIGINT NOT NULL)",
+            " position BIGINT NOT NULL, seen INTEGER NOT NULL DEFAULT 0)",
             "CREATE INDEX IF NOT EXISTS lookup_certificates_position ON lookup_certificates (position)",
             "CREATE INDEX IF NOT EXISTS lookup_certificates_fp ON lookup_certificates (fingerprint)",
             "CREATE TABLE IF NOT EXISTS lookup_policies (aggregate_id TEXT NOT NULL,"
@@ -161,6 +165,7 @@ class LookupProjection(ViewProjection):
             c + "ComponentPinned": self._component,
             c + "ComponentPinCleared": self._component,
             c + "Deleted": self._deleted,
+            c + "FirstSeen": self._first_seen,
             "Policy.Created": self._policy,
             "Policy.PermissionSetsReplaced": self._policy,
             "Policy.Deleted": self._policy,
@@ -174,6 +179,7 @@ class LookupProjection(ViewProjection):
             data["self_signed"] = bool(data["self_signed"])
             data["usable"] = bool(data["usable"])
             data["deleted"] = bool(data["deleted"])
+            data["seen"] = bool(data["seen"])
             data["chain"] = json.loads(data["chain"])
             cert = _Cert(**data)
             self._index(cert)
@@ -308,6 +314,11 @@ class LookupProjection(ViewProjection):
         cert.pinned_component = getattr(event, "component_id", None)
         self._touch(cert, position)
 
+    def _first_seen(self, event: Any, position: int) -> None:
+        cert = self.certs[str(event.originator_id)]
+        cert.seen = True
+        self._touch(cert, position)
+
     def _deleted(self, event: Any, position: int) -> None:
         cert = self.certs[str(event.originator_id)]
         cert.deleted = True
@@ -373,7 +384,7 @@ class LookupProjection(ViewProjection):
             return LookupChanges([], [], upto)
         rows = db.query(
             "SELECT certificate_id, org_uid, fingerprint, common_name, usable, blocked_reason,"
-            " not_before, not_after, policy_id, pinned_host, pinned_component, deleted"
+            " not_before, not_after, policy_id, pinned_host, pinned_component, deleted, seen"
             " FROM lookup_certificates WHERE position > ? AND position <= ?",
             (after, upto),
         )
@@ -391,6 +402,7 @@ class LookupProjection(ViewProjection):
                 r[9],
                 r[10],
                 bool(r[11]),
+                bool(r[12]),
             )
             for r in rows
         ]

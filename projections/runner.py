@@ -48,18 +48,35 @@ class ProjectionRunner:
         self._setup()
 
     def _setup(self) -> None:
+        """Create tables; a projection whose schema version changed is dropped and rebuilt."""
         with self.db.transaction() as tx:
             tx.execute(TRACKING)
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS projection_versions ("
+                " name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            known = dict(tx.execute("SELECT name, version FROM projection_versions"))
             for projection in self.projections:
+                if known.get(projection.name, projection.version) != projection.version:
+                    log.warning("read model %s changed shape: rebuilding it", projection.name)
+                    for table in projection.tables:
+                        tx.execute(f"DROP TABLE IF EXISTS {table}")
+                    tx.execute("DELETE FROM projection_tracking WHERE name = ?", (projection.name,))
                 for statement in projection.schema():
                     tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO projection_versions (name, version) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                    (projection.name, projection.version),
+                )
         for projection in self.projections:
             projection.prepare()
         self._reload()
 
     def _reload(self) -> None:
         rows: dict[str, int] = {
-            str(r[0]): int(r[1]) for r in self.db.query("SELECT name, position FROM projection_tracking")
+            str(r[0]): int(r[1])
+            for r in self.db.query("SELECT name, position FROM projection_tracking")
         }
         for projection in self.projections:
             self._positions[projection.name] = int(rows.get(projection.name, 0))

@@ -153,6 +153,8 @@ class TestRegistryInMemory:
         assert cert.pinned_host == "127.0.0.1"
         history, _ = cw.audit.query(org, entity_id=ids[0], event_type="HostPinned")
         assert history[0]["actor_kind"] == "certificate"
+        seen, _ = cw.audit.query(org, entity_id=ids[0], event_type="FirstSeen")
+        assert len(seen) == 1 and cert.seen
         other = cw.authorization.authorize_connect(ConnectRequest(leaf.der, "c", "127.0.0.2"))
         assert other.reason == "pinned-elsewhere"
         cw.registry.update_certificate(org, ids[0], {"pinned_host": None}, ADMIN)
