@@ -120,6 +120,8 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         authorization,
         lambda cert_id, component, ip: registry.register_on_feed(cert_id, component, ip),
         decisions,
+        rolling=registry,
+        dependents=lookup.dependents,
     )
     return Certwarden(
         settings=settings,

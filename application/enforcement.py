@@ -8,9 +8,11 @@ denials (rate limited per certificate by the DecisionLog adapter).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from application.authorization import MYORG_PREFIX, Authorization
 from application.ports import (
@@ -23,6 +25,7 @@ from application.ports import (
     DecisionRecord,
     Publish,
 )
+from application.rolling import RollResult
 from domain.component import COMPONENT_ID
 from domain.errors import DomainError
 from domain.x509 import fingerprint_of_der
@@ -30,6 +33,23 @@ from domain.x509 import fingerprint_of_der
 log = logging.getLogger(__name__)
 
 MAX_KNOWN = 500_000
+MAX_REQUEST = 64 * 1024
+
+
+class RollingPort(Protocol):
+    """The registry's MQTT-side rolling commands (application/rolling.py)."""
+
+    def register_over_mqtt(
+        self, certificate_id: str, payload: dict[str, Any], peer_ip: str = ""
+    ) -> RollResult: ...
+
+    def unregister_over_mqtt(
+        self,
+        certificate_id: str,
+        payload: dict[str, Any],
+        peer_ip: str = "",
+        dependents: Callable[[str], int] = ...,
+    ) -> RollResult: ...
 
 
 def feed_component(org_uid: str, topic: str) -> str | None:
@@ -54,12 +74,16 @@ class Enforcement:
         register_on_feed: Callable[[str, str, str], str],
         decisions: DecisionLog,
         clock: Callable[[], float] = time.time,
+        rolling: RollingPort | None = None,
+        dependents: Callable[[str], int] | None = None,
     ) -> None:
         self.authorization = authorization
+        self.rolling = rolling
         self._register = register_on_feed
         self._decisions = decisions
         self._clock = clock
         self._known: set[tuple[str, str]] = set()  # (certificate id, component) already handled
+        self._dependents: Callable[[str], int] = dependents or (lambda _cid: 0)
 
     def authorize_connect(self, request: ConnectRequest) -> Decision:
         decision = self.authorization.authorize_connect(request)
@@ -99,17 +123,68 @@ class Enforcement:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
     ) -> list[Publish]:
-        """Requests devices publish to certwarden; returns the replies to publish."""
+        """Requests devices publish to certwarden; returns the replies to publish.
+
+        The broker forwards only messages it already authorized; the decision is taken
+        again here anyway (fail closed if anything changed in between).
+        """
+        found = self.authorization.certificate_usable(fingerprint, peer_ip)
+        if isinstance(found, Decision):
+            return []
+        org = found.org_uid
         if topic.startswith(MYORG_PREFIX):
             component = topic[len(MYORG_PREFIX) :]
-            found = self.authorization.certificate_usable(fingerprint, peer_ip)
-            if isinstance(found, Decision) or not COMPONENT_ID.match(component):
+            if not COMPONENT_ID.match(component):
                 return []
-            target = response_topic or reply_topic(found.org_uid, component)
-            if response_topic and not response_topic.startswith(found.org_uid + "/"):
-                target = reply_topic(found.org_uid, component)  # never reply outside the tenant
-            return [Publish(target, found.org_uid.encode(), 1, correlation_data)]
-        return []
+            return [self._reply(org, component, org.encode(), response_topic, correlation_data)]
+        levels = topic.split("/")
+        if len(levels) != 6 or levels[0] != org or levels[1:3] != ["manage", "cert"]:
+            return []
+        verb, component = levels[3], levels[5]
+        if verb not in ("register", "unregister") or levels[4] != "cid" or self.rolling is None:
+            return []
+        request = AccessRequest(fingerprint, client_id, peer_ip, Action.PUBLISH, topic)
+        if not self.authorization.authorize(request).allowed or not COMPONENT_ID.match(component):
+            return []
+        body = self._json(payload)
+        if body is None:
+            result: dict[str, object] = {"success": False, "reason": "payload is not a JSON object"}
+        elif verb == "register":
+            result = self.rolling.register_over_mqtt(found.certificate_id, body, peer_ip).as_json()
+        else:
+            result = self.rolling.unregister_over_mqtt(
+                found.certificate_id, body, peer_ip, self._dependents
+            ).as_json()
+        reply = json.dumps(result).encode()
+        return [self._reply(org, component, reply, response_topic, correlation_data)]
+
+    @staticmethod
+    def _json(payload: bytes) -> dict[str, object] | None:
+        if len(payload) > MAX_REQUEST:
+            return None
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    @staticmethod
+    def _reply(
+        org: str,
+        component: str,
+        payload: bytes,
+        response_topic: str | None,
+        correlation_data: bytes | None,
+    ) -> Publish:
+        target = reply_topic(org, component)
+        if (
+            response_topic
+            and response_topic.startswith(org + "/")
+            and "+" not in response_topic
+            and "#" not in response_topic
+        ):
+            target = response_topic  # never reply outside the tenant or to a filter
+        return Publish(target, payload, 1, correlation_data)
 
     def _feed(self, org_uid: str, certificate_id: str, component: str, peer_ip: str) -> None:
         now = self._clock()

@@ -3,11 +3,11 @@ folders, component templates and components)."""
 
 from __future__ import annotations
 
-from application.components import ComponentCommands
 from application.organizations import OrganizationCommands
+from application.rolling import RollingCommands
 
 
-class Registry(ComponentCommands, OrganizationCommands):
+class Registry(RollingCommands, OrganizationCommands):
     """Commands mutate aggregates and save once; queries by id load aggregates.
 
     Persistence comes from the environment (eventsourcing): PERSISTENCE_MODULE

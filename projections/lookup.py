@@ -427,6 +427,14 @@ class LookupTable:
     def lookup_changes(self, after: int) -> LookupChanges:
         return self._projection.changes_from(self._db, after)
 
+    def dependents(self, certificate_id: str) -> int:
+        """Live certificates issued by this one (a CA shared by several devices has many)."""
+        rows = self._db.query(
+            "SELECT COUNT(*) FROM lookup_certificates WHERE parent_id = ? AND deleted = 0",
+            (certificate_id,),
+        )
+        return int(rows[0][0])
+
     def chain(self, certificate_id: str) -> dict[str, Any] | None:
         rows = self._db.query(
             "SELECT usable, blocked_reason, chain, not_before, not_after, parent_id"
