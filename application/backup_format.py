@@ -227,12 +227,11 @@ class ChainReader:
         first = next(lines, None)
         if first is None:
             raise BackupFormatError(0, "the file is empty")
-        self.manifest = manifest = Manifest.parse(self._parse(*first))
+        head = self._parse(*first)
+        self.manifest = manifest = Manifest.parse(head)
         start = genesis(manifest.backup_id)
-        if (
-            hashlib.sha256(start.encode() + self._body(*first)).hexdigest()
-            != first[1][-67:-3].decode()
-        ):
+        digest = hashlib.sha256(start.encode() + self._body(*first)).hexdigest()
+        if digest != head["hash"] or head.get("prev") != start:
             raise BackupFormatError(1, "the manifest's hash does not match its content")
         yield manifest
         prev, count, trailer_seen, last_pos = start, 0, False, 0

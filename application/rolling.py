@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from application.components import ComponentCommands
 from application.certificates import _Options, device_dn_key, org_dn_key
+from application.components import ComponentCommands
 from domain.certificate import Certificate
 from domain.errors import Conflict, DomainError, InvalidInput
 from domain.meta import Actor, ActorKind
