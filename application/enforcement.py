@@ -92,6 +92,11 @@ class Enforcement:
             self._deny(decision, fingerprint, request.client_id, request.peer_ip, "CONNECT", "")
         return decision
 
+    def recheck_connect(self, request: ConnectRequest) -> Decision:
+        """Re-authorize a live session after a change: no pinning, no logging."""
+        fingerprint = fingerprint_of_der(request.certificate_der)
+        return self.authorization.check_connect(fingerprint, request.peer_ip, pin=False)
+
     def authorize(self, request: AccessRequest) -> Decision:
         decision = self.authorization.authorize(request)
         if not decision.allowed:

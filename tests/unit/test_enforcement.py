@@ -171,3 +171,14 @@ def test_trust_anchors_follow_registered_cas_and_self_signed_certificates(
     cw.registry.delete_certificate(org, ids[2].certificate_id, ADMIN)
     cw.sync()
     assert len(sink.pems) == 2 and root.pem.decode() not in sink.pems
+
+
+def test_a_recheck_has_no_side_effects_but_sees_a_new_pin(cw: Certwarden, org: str) -> None:
+    cid, leaf = device(cw, org)
+    before = cw.registry.max_position()
+    request = ConnectRequest(leaf.der, "c", "127.0.0.9")
+    assert cw.enforcement.recheck_connect(request).allowed
+    assert cw.registry.max_position() == before  # nothing pinned, nothing recorded
+    cw.registry.update_certificate(org, cid, {"pinned_host": "127.0.0.1"}, ADMIN)
+    cw.sync()
+    assert cw.enforcement.recheck_connect(request).reason == "pinned-elsewhere"
