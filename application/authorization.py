@@ -19,7 +19,11 @@ from domain.x509 import fingerprint_of_der
 
 CHANGE_LOG = 10_000
 SERVICE_TOPICS = ("manage",)
-MYORG_PREFIX = "manage/cert/myorg/cid/"  # GroveStreams: a device asks which org it is in  # {org}/manage/... ; replies: {org}/cid/{id}/reply
+MYORG_PREFIX = "manage/cert/myorg/cid/"  # GroveStreams: a device asks which org it is in
+
+
+def myorg_reply_topic(client_id: str) -> str:
+    return f"manage/cert/myorg/client/{client_id}/reply"  # {org}/manage/... ; replies: {org}/cid/{id}/reply
 
 
 def deny(reason: str, detail: str, row: CertRow | None = None, fp: str | None = None) -> Decision:
@@ -235,17 +239,8 @@ class Authorization:
             return found
         row = found
         topic = request.topic
-        if topic.startswith(MYORG_PREFIX) and request.action is Action.PUBLISH:
-            rest = topic[len(MYORG_PREFIX) :]
-            if rest and not request.retain and not any(c in rest for c in "/+#"):
-                return Decision(
-                    True,
-                    "myorg",
-                    "any usable certificate may ask for its organization",
-                    row.fingerprint,
-                    row.org_uid,
-                    row.certificate_id,
-                )
+        if topic.startswith("manage/"):
+            return self._myorg(request, row)
         org = row.org_uid
         if not (topic.startswith(org) and topic[len(org) : len(org) + 1] == "/"):
             return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
@@ -288,6 +283,33 @@ class Authorization:
             )
         cache[key] = decision
         return decision
+
+    def _myorg(self, request: AccessRequest, row: CertRow) -> Decision:
+        """GroveStreams' org discovery, outside any org namespace: a usable certificate may
+        publish `manage/cert/myorg/cid/{component}` and subscribe to / receive the reply on
+        `manage/cert/myorg/client/{its own client id}/reply` (private to the connection)."""
+        topic, action = request.topic, request.action
+        if action is Action.PUBLISH and topic.startswith(MYORG_PREFIX) and not request.retain:
+            rest = topic[len(MYORG_PREFIX) :]
+            if rest and not any(c in rest for c in "/+#"):
+                return Decision(
+                    True,
+                    "myorg",
+                    "org discovery request",
+                    row.fingerprint,
+                    row.org_uid,
+                    row.certificate_id,
+                )
+        if action is not Action.PUBLISH and topic == myorg_reply_topic(request.client_id):
+            return Decision(
+                True,
+                "myorg",
+                "org discovery reply",
+                row.fingerprint,
+                row.org_uid,
+                row.certificate_id,
+            )
+        return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
 
     def _service(self, request: AccessRequest) -> Decision:
         levels = request.topic.split("/")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from application.authorization import MYORG_PREFIX, Authorization
+from application.authorization import MYORG_PREFIX, Authorization, myorg_reply_topic
 from application.ports import (
     AccessRequest,
     Action,
@@ -141,6 +141,8 @@ class Enforcement:
             component = topic[len(MYORG_PREFIX) :]
             if not COMPONENT_ID.match(component):
                 return []
+            if response_topic == myorg_reply_topic(client_id):  # before the device knows its org
+                return [Publish(response_topic, org.encode(), 1, correlation_data)]
             return [self._reply(org, component, org.encode(), response_topic, correlation_data)]
         levels = topic.split("/")
         if len(levels) != 6 or levels[0] != org or levels[1:3] != ["manage", "cert"]:

@@ -182,3 +182,24 @@ def test_a_recheck_has_no_side_effects_but_sees_a_new_pin(cw: Certwarden, org: s
     cw.registry.update_certificate(org, cid, {"pinned_host": "127.0.0.1"}, ADMIN)
     cw.sync()
     assert cw.enforcement.recheck_connect(request).reason == "pinned-elsewhere"
+
+
+def test_a_device_can_learn_its_org_on_a_reply_topic_private_to_its_connection(
+    cw: Certwarden, org: str
+) -> None:
+    _, leaf = device(cw, org)
+    mine = "manage/cert/myorg/client/client-1/reply"
+    sub = AccessRequest(fp(leaf), "client-1", "127.0.0.1", Action.SUBSCRIBE, mine)
+    assert cw.enforcement.authorize(sub).allowed
+    other = AccessRequest(
+        fp(leaf), "client-1", "127.0.0.1", Action.SUBSCRIBE, "manage/cert/myorg/client/x/reply"
+    )
+    assert not cw.enforcement.authorize(other).allowed
+    wild = AccessRequest(
+        fp(leaf), "client-1", "127.0.0.1", Action.SUBSCRIBE, "manage/cert/myorg/client/+/reply"
+    )
+    assert not cw.enforcement.authorize(wild).allowed
+    replies = cw.enforcement.on_message(
+        fp(leaf), "client-1", "127.0.0.1", "manage/cert/myorg/cid/d", b"", mine, b"k"
+    )
+    assert [(r.topic, r.payload) for r in replies] == [(mine, org.encode())]
