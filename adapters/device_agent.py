@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -343,11 +343,13 @@ def main() -> None:
     import typer
 
     def run(
-        component: str = typer.Option(..., help="component id this device publishes as"),
-        state_dir: Path = typer.Option(..., help="holds device.pem, device.key, truststore.pem"),
+        component: Annotated[str, typer.Option(help="component id this device publishes as")],
+        state_dir: Annotated[
+            Path, typer.Option(help="holds device.pem, device.key, truststore.pem")
+        ],
         host: str = "127.0.0.1",
         port: int = 8883,
-        org: str | None = typer.Option(None, help="organization uid (asked with myorg if absent)"),
+        org: Annotated[str | None, typer.Option(help="organization uid (myorg if absent)")] = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         for needed in ("device.pem", "device.key", "truststore.pem"):
