@@ -18,6 +18,7 @@ from adapters.mosquitto.pki import (
     ServerPki,
     ensure_server_pki,
     issue_service_client_cert,
+    subject_hash,
     write_capath,
 )
 from adapters.settings import Settings
@@ -27,14 +28,53 @@ log = logging.getLogger(__name__)
 
 
 class CapathTrustAnchors:
-    """TrustAnchors port: registered anchors plus the server CA, as OpenSSL hashed names."""
+    """TrustAnchors port: registered anchors plus the server CA, as OpenSSL hashed names.
+
+    Incremental: only the hash buckets whose members changed are rewritten, and each
+    certificate's subject hash is computed once (a registration costs one file write, not a
+    rewrite of the whole directory)."""
 
     def __init__(self, capath: Path, server_ca_pem: str) -> None:
         self.capath = capath
         self.server_ca_pem = server_ca_pem
+        self._hash_of: dict[str, str] = {}  # PEM -> subject hash
+        self._buckets: dict[str, set[str]] | None = None  # hash -> PEMs written
 
     def replace(self, pems: list[str]) -> None:
-        write_capath(self.capath, [self.server_ca_pem, *pems])
+        wanted = {self.server_ca_pem, *pems}
+        if self._buckets is None:  # first call: make the directory exact
+            write_capath(self.capath, sorted(wanted))
+            self._buckets = {}
+            for pem in wanted:
+                self._buckets.setdefault(self._hash(pem), set()).add(pem)
+            return
+        current = {pem for members in self._buckets.values() for pem in members}
+        touched = {self._hash(pem) for pem in current ^ wanted}
+        for bucket in touched:
+            members = {pem for pem in wanted if self._hash(pem) == bucket}
+            self._write_bucket(bucket, members)
+            self._buckets[bucket] = members
+
+    def _hash(self, pem: str) -> str:
+        found = self._hash_of.get(pem)
+        if found is None:
+            found = self._hash_of[pem] = subject_hash(x509.load_pem_x509_certificate(pem.encode()))
+        return found
+
+    def _write_bucket(self, bucket: str, members: set[str]) -> None:
+        """Files <hash>.0..k-1 without gaps (OpenSSL stops at the first missing suffix)."""
+        self.capath.mkdir(parents=True, exist_ok=True)
+        ordered = sorted(members)
+        for n, pem in enumerate(ordered):
+            path = self.capath / f"{bucket}.{n}"
+            if not path.exists() or path.read_text() != pem:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(pem)
+                os.replace(tmp, path)
+        n = len(ordered)
+        while (stale := self.capath / f"{bucket}.{n}").exists():
+            stale.unlink()
+            n += 1
 
 
 @dataclass(frozen=True, slots=True)
