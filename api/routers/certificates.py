@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import CW, Context, etag, parse_if_match, require
 from api.schemas import (
@@ -68,21 +69,18 @@ async def import_certificates(
         data = body
     else:
         raise InvalidInput(f"unsupported content type {content_type[:60]!r}")
-    outcomes = await _run(
-        cw, lambda: cw.registry.import_certificates(org, data, ctx.actor, **options)
-    )
-    cw.runner.wait(cw.registry.max_position())
+
+    def command() -> Any:
+        done = cw.registry.import_certificates(org, data, ctx.actor, **options)
+        cw.sync()  # read-your-writes for the caller's next GET
+        return done
+
+    outcomes = await run_in_threadpool(command)
     return ImportResultPublic(certificates=[ImportedPublic(**vars_of(o)) for o in outcomes])
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
     return {k: getattr(obj, k) for k in obj.__slots__}
-
-
-async def _run(cw: Certwarden, fn: Any) -> Any:
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn)
 
 
 @router.get("", response_model=CertificatePagePublic)
