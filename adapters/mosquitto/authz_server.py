@@ -45,7 +45,9 @@ class AuthzSocketServer:
     - a malformed, oversize or out-of-order frame closes that connection (the plugin then
       denies and reconnects); certificate bytes are never logged;
     - an authorizer that raises on a decision yields a deny (reason "authz-error"); one that
-      raises in changes_since closes the connection, which makes the plugin flush its caches.
+      raises in changes_since closes the connection, which makes the plugin flush its caches;
+    - CONNECT_CHECK (re-check of a live session) calls `authorizer.recheck_connect(request)`
+      when the authorizer has it (meant to be side-effect free), else authorize_connect.
 
     Errors: start() raises FileExistsError when another server answers on socket_path and
     ValueError when the path is too long for a unix socket.
@@ -168,7 +170,7 @@ class AuthzSocketServer:
                     target=self._serve, args=(conn,), name="authz-conn", daemon=True
                 )
                 self._conns[conn] = thread
-            thread.start()
+                thread.start()  # under the lock: stop() only ever joins started threads
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -198,9 +200,9 @@ class AuthzSocketServer:
 
     def _answer(self, request: Request) -> bytes:
         if isinstance(request, Hello):
-            if request.version != PROTOCOL_VERSION:
+            if request.version < PROTOCOL_VERSION:
                 raise ProtocolError(f"unsupported protocol version {request.version}")
-            return encode_hello_reply(self.epoch)
+            return encode_hello_reply(self.epoch)  # we speak 1; a newer plugin falls back
         if isinstance(request, ChangesQuery):
             return encode_changes(self.authorizer.changes_since(request.generation))
         if isinstance(request, ConnectQuery):
@@ -208,7 +210,16 @@ class AuthzSocketServer:
         return encode_decision(self._access(request), ttl_ms=self.cache_ttl_ms)
 
     def _connect(self, query: ConnectQuery) -> Decision:
+        # A re-check of a live session should not record a first connect or a denial twice:
+        # an authorizer offering `recheck_connect` (side-effect free) gets those.
+        recheck = getattr(self.authorizer, "recheck_connect", None)
+        ask = recheck if query.check_only and callable(recheck) else None
         try:
+            if ask is not None:
+                decision = ask(query.request)
+                if not isinstance(decision, Decision):
+                    raise TypeError("recheck_connect must return a Decision")
+                return decision
             return self.authorizer.authorize_connect(query.request)
         except Exception:
             log.exception("authorize_connect raised for client id %r", query.request.client_id)

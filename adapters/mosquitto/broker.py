@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,6 +117,9 @@ class MosquittoProcess:
     start() returns once the broker logged that it runs (or, without a log path, once
     host:port accepts TCP) and raises MosquittoError with the log tail if it exits first or
     takes longer than `timeout`. stop() sends SIGTERM, then SIGKILL; it is idempotent.
+    With die_with_parent (default) the broker gets SIGTERM when the thread that started it
+    dies (setpriv --pdeathsig), so a crashed certwarden never leaves a broker holding the port:
+    call start() from a long-lived thread.
     """
 
     def __init__(
@@ -126,8 +130,10 @@ class MosquittoProcess:
         host: str = "127.0.0.1",
         log_path: Path | None = None,
         executable: str = "mosquitto",
+        die_with_parent: bool = True,
     ) -> None:
         self.config_path = Path(config_path)
+        self.die_with_parent = die_with_parent
         self.port = port
         self.host = host
         self.log_path = log_path
@@ -155,9 +161,13 @@ class MosquittoProcess:
         if self.running():
             return
         log_offset = self._log_size()
+        argv = [self.executable, "-c", os.fspath(self.config_path)]
+        setpriv = shutil.which("setpriv")  # util-linux: execs mosquitto in place, same pid
+        if self.die_with_parent and setpriv:
+            argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
         with open(self.stderr_path, "wb") as stderr:
             self._proc = subprocess.Popen(
-                [self.executable, "-c", os.fspath(self.config_path)],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

@@ -20,110 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-#include <openssl/x509.h>
-
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
 #include "cw.h"
-
-struct cw_plugin {
-	mosquitto_plugin_id_t *identifier;
-	struct cw_link link;
-	struct cw_table table;
-	uint32_t tick_ms;
-	uint64_t next_tick_ms;
-	uint64_t generation;   /* last generation whose changes were fully applied */
-	bool resync;           /* re-check every live session at the next poll */
-	uint64_t seen_failures;
-};
-
-struct cw_victim {
-	const struct mosquitto *ctx;
-	char *id;
-};
-
-/* ---- helpers ---------------------------------------------------------------- */
-
-/* Flush caches after any link failure; schedule a full re-check after a new server epoch. */
-static void sync_link_state(struct cw_plugin *p)
-{
-	if(p->link.failures != p->seen_failures){
-		p->seen_failures = p->link.failures;
-		cw_table_flush(&p->table);
-	}
-	if(p->link.epoch_changed){
-		p->link.epoch_changed = false;
-		p->resync = true;
-		cw_table_flush(&p->table);
-	}
-}
-
-/* DECISION body: u8 allowed | u32 ttl_ms | str reason. 0 when well formed. */
-static int parse_decision(struct cw_reader *r, bool *allowed, uint32_t *ttl_ms, char *reason, size_t cap)
-{
-	uint8_t a = cw_get_u8(r);
-	size_t n;
-	const uint8_t *s;
-
-	*ttl_ms = cw_get_u32(r);
-	s = cw_get_str(r, CW_MAX_REASON, &n);
-	if(r->bad || r->pos != r->len || a > 1) return -1;
-	*allowed = a == 1;
-	if(reason && cap > 0){
-		size_t k = 0;
-		for(size_t i = 0; i < n && k + 1 < cap; i++){
-			reason[k++] = (s[i] >= 0x20 && s[i] < 0x7f) ? (char)s[i] : '?'; /* log-safe */
-		}
-		reason[k] = '\0';
-	}
-	return 0;
-}
-
-/* Ask CONNECT or CONNECT_CHECK for the client's leaf certificate.
- * 0 with *allowed set when certwarden answered; -1 when it could not be asked. */
-static int connect_decision(struct cw_plugin *p, const struct mosquitto *client, uint8_t type,
-		uint8_t fp[CW_FP_LEN], bool *allowed, char *reason, size_t cap)
-{
-	const char *id = mosquitto_client_id(client);
-	const char *peer = mosquitto_client_address(client);
-	X509 *cert = mosquitto_client_certificate(client);
-	struct cw_buf b;
-	struct cw_reader r;
-	unsigned int md_len = 0;
-	uint8_t *der;
-	uint32_t ttl;
-	int der_len;
-	int rc;
-
-	if(!cert || !id) {
-		if(cert) X509_free(cert);
-		return -1;
-	}
-	if(!peer) peer = "";
-	der_len = i2d_X509(cert, NULL);
-	if(der_len <= 0 || (unsigned)der_len > CW_MAX_DER
-			|| !X509_digest(cert, EVP_sha256(), fp, &md_len) || md_len != CW_FP_LEN){
-		X509_free(cert);
-		return -1;
-	}
-	b = cw_link_begin(&p->link, type);
-	cw_put_u32(&b, (uint32_t)der_len);
-	der = cw_put_space(&b, (size_t)der_len);
-	if(der && i2d_X509(cert, &der) != der_len) b.overflow = true;
-	X509_free(cert);
-	cw_put_str(&b, id, strlen(id), CW_MAX_CLIENT_ID);
-	cw_put_str(&b, peer, strlen(peer), CW_MAX_PEER);
-	rc = cw_link_call(&p->link, &b, CW_MSG_DECISION, &r);
-	if(rc == 0 && parse_decision(&r, allowed, &ttl, reason, cap)){
-		cw_link_fail(&p->link, "garbled DECISION");
-		rc = -1;
-	}
-	sync_link_state(p);
-	return rc;
-}
 
 /* ---- events ----------------------------------------------------------------- */
 
@@ -143,7 +44,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	/* A freed context's address can come back: never let an old entry speak for it. */
 	old = cw_client_find(&p->table, ed->client, id);
 	if(old) cw_client_remove(&p->table, old);
-	if(connect_decision(p, ed->client, CW_MSG_CONNECT, fp, &allowed, reason, sizeof(reason))){
+	if(cw_connect_decision(p, ed->client, CW_MSG_CONNECT, fp, &allowed, reason, sizeof(reason))){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "certwarden: CONNECT of %s from %s denied: %s",
 				id, peer ? peer : "?", "no certificate or certwarden unavailable");
 		return MOSQ_ERR_AUTH;
@@ -195,16 +96,18 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	cw_put_u8(&b, ed->qos);
 	cw_put_str(&b, ed->topic, topic_len, CW_MAX_TOPIC);
 	if(cw_link_call(&p->link, &b, CW_MSG_DECISION, &r)){
-		sync_link_state(p);
+		cw_sync_link_state(p);
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	if(parse_decision(&r, &allowed, &ttl, NULL, 0)){
+	if(cw_parse_decision(&r, &allowed, &ttl, NULL, 0)){
 		cw_link_fail(&p->link, "garbled DECISION");
-		sync_link_state(p);
+		cw_sync_link_state(p);
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	sync_link_state(p);
-	if(ttl > 0) cw_cache_put(&p->table, c, action, flags, ed->qos, ed->topic, topic_len, now + ttl, allowed);
+	cw_sync_link_state(p);
+	if(ttl > 0){
+		cw_cache_put(&p->table, c, action, flags, ed->qos, ed->topic, topic_len, now + ttl, allowed);
+	}
 	return allowed ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 }
 
@@ -212,135 +115,48 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_disconnect *ed = event_data;
 	struct cw_plugin *p = userdata;
+	const char *id = mosquitto_client_id(ed->client);
 	struct cw_client *c;
+	char *copy;
+	bool ends;
 
 	(void)event;
 	/* Kept offline rather than dropped: Mosquitto checks the will (WRITE) right after this
 	 * event and keeps queueing (READ) for persistent sessions. */
-	c = cw_client_find(&p->table, ed->client, mosquitto_client_id(ed->client));
-	if(c) cw_client_disconnected(&p->table, c);
+	c = cw_client_find(&p->table, ed->client, id);
+	if(!c) return MOSQ_ERR_SUCCESS;
+	/* An MQTT 3.1(.1) clean session ends with this connection: forget it at the next tick,
+	 * which 2.0.11 runs before it frees (and could reuse) the context. MQTT 5 does not show
+	 * its session expiry to plugins, so those wait in the bounded offline list. */
+	ends = mosquitto_client_protocol_version(ed->client) != 5
+			&& mosquitto_client_clean_session(ed->client);
+	cw_client_disconnected(&p->table, c);
+	if(ends && cw_client_find(&p->table, ed->client, id)){
+		if(p->nreap == p->reap_cap){
+			size_t cap = p->reap_cap ? p->reap_cap * 2 : 16;
+			struct cw_victim *r = realloc(p->reap, cap * sizeof(*r));
+			if(!r) return MOSQ_ERR_SUCCESS; /* the offline bound still applies */
+			p->reap = r;
+			p->reap_cap = cap;
+		}
+		copy = strdup(id);
+		if(copy){
+			p->reap[p->nreap].ctx = ed->client;
+			p->reap[p->nreap].id = copy;
+			p->nreap++;
+		}
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int fp_cmp(const void *a, const void *b)
+static void reap_ended(struct cw_plugin *p)
 {
-	return memcmp(a, b, CW_FP_LEN);
-}
-
-static bool fp_in(const uint8_t *set, size_t n, const uint8_t *fp)
-{
-	return n > 0 && bsearch(fp, set, n, CW_FP_LEN, fp_cmp) != NULL;
-}
-
-static uint8_t *fp_copy_sorted(const uint8_t *src, size_t n)
-{
-	uint8_t *dst = malloc(n ? n * CW_FP_LEN : 1);
-
-	if(dst && n){
-		memcpy(dst, src, n * CW_FP_LEN);
-		qsort(dst, n, CW_FP_LEN, fp_cmp);
+	for(size_t i = 0; i < p->nreap; i++){
+		struct cw_client *c = cw_client_find(&p->table, p->reap[i].ctx, p->reap[i].id);
+		if(c && !c->online) cw_client_remove(&p->table, c);
+		free(p->reap[i].id);
 	}
-	return dst;
-}
-
-/* Apply a CHANGES reply: flush caches, kick listed sessions, re-check the others.
- * Returns false when a re-check could not be asked (the generation is then kept, so the
- * same changes are applied again on the next poll). */
-static bool apply_changes(struct cw_plugin *p, const uint8_t *kick, size_t nk, const uint8_t *re,
-		size_t nr, bool full)
-{
-	struct cw_client **check = calloc(p->table.count + 1, sizeof(*check));
-	struct cw_victim *victims = calloc(p->table.count + 1, sizeof(*victims));
-	size_t nc = 0, nv = 0;
-	bool complete = true;
-
-	cw_table_flush(&p->table);
-	if(!check || !victims){
-		free(check);
-		free(victims);
-		return false;
-	}
-	for(size_t i = 0; i < p->table.nbuckets; i++){
-		struct cw_client *c = p->table.buckets[i];
-		while(c){
-			struct cw_client *next = c->hnext;
-			if(fp_in(kick, nk, c->fp)){
-				if(c->online) victims[nv++] = (struct cw_victim){c->ctx, strdup(c->id)};
-				else cw_client_remove(&p->table, c);
-			}else if(c->online && (full || fp_in(re, nr, c->fp))){
-				check[nc++] = c;
-			}
-			c = next;
-		}
-	}
-	for(size_t i = 0; i < nc; i++){
-		uint8_t fp[CW_FP_LEN];
-		bool allowed = true;
-		char reason[129] = "";
-		if(connect_decision(p, check[i]->ctx, CW_MSG_CONNECT_CHECK, fp, &allowed, reason, sizeof(reason))){
-			complete = false;
-			break;
-		}
-		if(!allowed){
-			mosquitto_log_printf(MOSQ_LOG_NOTICE, "certwarden: disconnecting %s: %s", check[i]->id, reason);
-			victims[nv++] = (struct cw_victim){check[i]->ctx, strdup(check[i]->id)};
-		}
-	}
-	/* Kicking runs our DISCONNECT handler, which edits the table: look entries up again. */
-	for(size_t i = 0; i < nv; i++){
-		struct cw_client *c;
-		if(!victims[i].id) continue;
-		mosquitto_kick_client_by_clientid(victims[i].id, false);
-		c = cw_client_find(&p->table, victims[i].ctx, victims[i].id);
-		if(c) cw_client_remove(&p->table, c);
-		free(victims[i].id);
-	}
-	free(check);
-	free(victims);
-	return complete;
-}
-
-static void poll_changes(struct cw_plugin *p)
-{
-	struct cw_buf b = cw_link_begin(&p->link, CW_MSG_CHANGES);
-	struct cw_reader r;
-	const uint8_t *k, *re;
-	uint8_t *kick, *recheck;
-	uint64_t generation;
-	uint8_t flags;
-	size_t nk, nr;
-	bool full;
-
-	cw_put_u64(&b, p->generation);
-	if(cw_link_call(&p->link, &b, CW_MSG_CHANGES_REPLY, &r)){
-		sync_link_state(p);
-		return;
-	}
-	sync_link_state(p);
-	generation = cw_get_u64(&r);
-	flags = cw_get_u8(&r);
-	nk = cw_get_u16(&r);
-	k = cw_get_raw(&r, nk * CW_FP_LEN);
-	nr = cw_get_u16(&r);
-	re = cw_get_raw(&r, nr * CW_FP_LEN);
-	if(r.bad || r.pos != r.len){
-		cw_link_fail(&p->link, "garbled CHANGES reply");
-		sync_link_state(p);
-		return;
-	}
-	full = p->resync || (flags & CW_CHANGES_FLAG_RESYNC);
-	if(generation == p->generation && !full) return;
-	/* The lists live in the link's receive buffer, which re-checks overwrite. */
-	kick = fp_copy_sorted(k, nk);
-	recheck = fp_copy_sorted(re, nr);
-	if(kick && recheck && apply_changes(p, kick, nk, recheck, nr, full)){
-		p->generation = generation;
-		p->resync = false;
-	}else{
-		cw_table_flush(&p->table);
-	}
-	free(kick);
-	free(recheck);
+	p->nreap = 0;
 }
 
 static int on_tick(int event, void *event_data, void *userdata)
@@ -350,9 +166,10 @@ static int on_tick(int event, void *event_data, void *userdata)
 
 	(void)event;
 	(void)event_data; /* 2.0.11 leaves its time fields zero */
+	reap_ended(p);
 	if(now < p->next_tick_ms) return MOSQ_ERR_SUCCESS;
 	p->next_tick_ms = now + p->tick_ms;
-	poll_changes(p);
+	cw_poll_changes(p);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -386,6 +203,8 @@ static void plugin_free(struct cw_plugin *p)
 	for(size_t i = 0; i < CW_EVENT_COUNT; i++){
 		mosquitto_callback_unregister(p->identifier, cw_events[i].event, cw_events[i].cb, NULL);
 	}
+	for(size_t i = 0; i < p->nreap; i++) free(p->reap[i].id);
+	free(p->reap);
 	cw_link_free(&p->link);
 	cw_table_free(&p->table);
 	free(p);
@@ -403,7 +222,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *options, int option_count)
 {
 	const char *socket_path = NULL;
-	uint32_t timeout_ms = 2000, cache_size = 64, max_offline = 10000, tick_ms = 50, retry_max_ms = 2000;
+	uint32_t timeout_ms = 2000, cache_size = 64, max_offline = 10000;
+	uint32_t tick_ms = 50, retry_max_ms = 2000;
 	struct cw_plugin *p;
 	int rc = 0;
 

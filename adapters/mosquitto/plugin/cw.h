@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <mosquitto_broker.h>
+
 #define CW_PROTOCOL_VERSION 1u
 #define CW_MAX_FRAME 65536u    /* type byte + body; the u32 length prefix excluded */
 #define CW_MAX_DER 16384u
@@ -83,6 +85,7 @@ struct cw_link {
 	uint64_t next_attempt_ms; /* no connect attempt before this (monotonic ms) */
 	uint64_t server_epoch;    /* from HELLO_REPLY; 0 before the first HELLO */
 	bool epoch_changed;       /* set when a HELLO_REPLY carried a new epoch; caller clears */
+	bool down;                /* between a failure and the next successful HELLO */
 	uint64_t failures;        /* bumped on every failure; callers flush caches on change */
 	uint8_t *tx;              /* 4 + CW_MAX_FRAME bytes */
 	uint8_t *rx;              /* 4 + CW_MAX_FRAME bytes */
@@ -150,12 +153,46 @@ struct cw_client *cw_client_add(struct cw_table *t, const struct mosquitto *ctx,
 		const char *peer, const uint8_t fp[CW_FP_LEN]);
 void cw_client_remove(struct cw_table *t, struct cw_client *c);
 /* The connection went away: forget it when a newer connection holds the id, else keep it
- * offline (Mosquitto still runs its will and queues for its session), bounded by max_offline. */
+ * offline (Mosquitto still runs its will and queues for its session), bounded by max_offline,
+ * its cache freed. */
 void cw_client_disconnected(struct cw_table *t, struct cw_client *c);
 void cw_table_flush(struct cw_table *t);
 bool cw_cache_get(struct cw_table *t, struct cw_client *c, uint8_t action, uint8_t flags,
 		uint8_t qos, const char *topic, size_t topic_len, uint64_t now_ms, bool *allowed);
 void cw_cache_put(struct cw_table *t, struct cw_client *c, uint8_t action, uint8_t flags,
 		uint8_t qos, const char *topic, size_t topic_len, uint64_t expires_ms, bool allowed);
+
+/* ---- the plugin (certwarden_plugin.c, cw_ask.c) ----------------------------- */
+
+struct cw_victim {
+	const struct mosquitto *ctx;
+	char *id;
+};
+
+struct cw_plugin {
+	mosquitto_plugin_id_t *identifier;
+	struct cw_link link;
+	struct cw_table table;
+	uint32_t tick_ms;
+	uint64_t next_tick_ms;
+	uint64_t generation;   /* last generation whose changes were fully applied */
+	bool resync;           /* re-check every live session at the next poll */
+	uint64_t seen_failures;
+	struct cw_victim *reap;  /* ended sessions to forget at the next tick (after their will) */
+	size_t nreap, reap_cap;
+};
+
+/* Flush caches after any link failure; schedule a full re-check after a new server epoch. */
+void cw_sync_link_state(struct cw_plugin *p);
+/* DECISION body: u8 allowed | u32 ttl_ms | str reason. 0 when well formed; reason is made
+ * log-safe (printable ASCII) when a buffer is given. */
+int cw_parse_decision(struct cw_reader *r, bool *allowed, uint32_t *ttl_ms, char *reason,
+		size_t cap);
+/* Ask CONNECT or CONNECT_CHECK for the client's leaf certificate; fp receives its SHA-256.
+ * 0 with *allowed set when certwarden answered; -1 when it could not be asked. */
+int cw_connect_decision(struct cw_plugin *p, const struct mosquitto *client, uint8_t type,
+		uint8_t fp[CW_FP_LEN], bool *allowed, char *reason, size_t cap);
+/* One CHANGES round trip; on a new generation flush caches, kick and re-check sessions. */
+void cw_poll_changes(struct cw_plugin *p);
 
 #endif

@@ -164,6 +164,8 @@ void cw_client_disconnected(struct cw_table *t, struct cw_client *c)
 		}
 	}
 	c->online = false;
+	cache_free(c, t->cache_size); /* reallocated only if this session still gets checks */
+	c->cache_next = 0;
 	c->oprev = t->otail;
 	if(t->otail) t->otail->onext = c; else t->ohead = c;
 	t->otail = c;

@@ -125,10 +125,13 @@ uint64_t cw_get_u64(struct cw_reader *r)
 const uint8_t *cw_get_str(struct cw_reader *r, size_t max, size_t *n)
 {
 	size_t len = cw_get_u16(r);
+	const uint8_t *p;
 
+	*n = 0;
 	if(len > max) r->bad = true;
-	*n = r->bad ? 0 : len;
-	return r->bad ? NULL : cw_get_raw(r, len);
+	p = cw_get_raw(r, len); /* NULL (and bad) when short or already bad */
+	if(p) *n = len;
+	return p;
 }
 
 /* ---- socket I/O under a deadline -------------------------------------------- */
@@ -222,9 +225,10 @@ static void link_close(struct cw_link *l)
 
 static int link_fail(struct cw_link *l, const char *why)
 {
-	if(l->retry_ms == l->retry_min_ms){ /* first failure of a series: say it once */
+	if(!l->down){ /* say it once per outage */
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
 				"certwarden: authz socket %s: %s; denying until it answers", l->path, why);
+		l->down = true;
 	}
 	link_close(l);
 	l->failures++;
@@ -283,8 +287,9 @@ static int link_open(struct cw_link *l, uint64_t deadline)
 		l->epoch_changed = true;
 		l->server_epoch = epoch;
 	}
-	if(l->retry_ms != l->retry_min_ms){
+	if(l->down){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "certwarden: authz socket %s answers again", l->path);
+		l->down = false;
 	}
 	l->retry_ms = l->retry_min_ms;
 	return 0;

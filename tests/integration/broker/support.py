@@ -9,11 +9,14 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
 
 from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision
@@ -40,6 +43,7 @@ class FakeAuthorizer:
         self._grants: dict[str, Grant] = {}
         self._log: list[tuple[int, frozenset[str], frozenset[str]]] = []
         self.generation = 0
+        self.polled = -1  # the generation the plugin last said it had applied
         self.connects: list[tuple[ConnectRequest, Decision]] = []
         self.accesses: list[tuple[AccessRequest, Decision]] = []
 
@@ -63,10 +67,12 @@ class FakeAuthorizer:
         self._log.append((self.generation, kick, recheck))
 
     def authorize_connect(self, request: ConnectRequest) -> Decision:
-        fp = hashlib.sha256(request.certificate_der).hexdigest()
+        fp = fingerprint_of(request.certificate_der)
         with self._lock:
             known = fp in self._grants
-            decision = Decision(known, "allowed" if known else "unknown-certificate", fingerprint=fp)
+            decision = Decision(
+                known, "allowed" if known else "unknown-certificate", fingerprint=fp
+            )
             self.connects.append((request, decision))
         return decision
 
@@ -89,6 +95,7 @@ class FakeAuthorizer:
 
     def changes_since(self, generation: int) -> Changes:
         with self._lock:
+            self.polled = generation
             kick: set[str] = set()
             recheck: set[str] = set()
             for gen, k, r in self._log:
@@ -97,9 +104,18 @@ class FakeAuthorizer:
                     recheck |= r
             return Changes(self.generation, frozenset(kick), frozenset(recheck))
 
+    def caught_up(self) -> bool:
+        """The plugin applied every change so far (its caches will not be flushed for them)."""
+        with self._lock:
+            return self.polled == self.generation
+
     def accesses_for(self, client_id: str) -> list[AccessRequest]:
         with self._lock:
             return [r for r, _ in self.accesses if r.client_id == client_id]
+
+
+def fingerprint_of(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
 
 
 @dataclass
@@ -112,11 +128,14 @@ class Device:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.issued.der).hexdigest()
+        return fingerprint_of(self.issued.der)
 
     @classmethod
     def create(cls, directory: Path, issuer: Issued) -> Device:
-        issued = make_leaf(issuer, unique_cn("dev"))
+        return cls.store(directory, make_leaf(issuer, unique_cn("dev")))
+
+    @classmethod
+    def store(cls, directory: Path, issued: Issued) -> Device:
         directory.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex[:8]
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
@@ -125,6 +144,14 @@ class Device:
         key_path.chmod(0o600)
         return cls(issued, cert_path, key_path)
 
+    @classmethod
+    def from_pem(cls, directory: Path, cert_pem: str, key_pem: str) -> Device:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return cls.store(directory, Issued(cert, key, cert_pem.encode(), der, key_pem.encode()))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -132,13 +159,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `predicate` every 10 ms until it holds or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
+        if predicate():
             return True
-        time.sleep(interval)
-    return bool(callable(predicate) and predicate())
+        time.sleep(0.01)
+    return predicate()
 
 
 @dataclass
@@ -146,6 +174,7 @@ class Inbox:
     cond: threading.Condition = field(default_factory=threading.Condition)
     connack: int | None = None
     subacks: dict[int, list[int]] = field(default_factory=dict)
+    unsubacks: dict[int, list[int]] = field(default_factory=dict)
     pubacks: dict[int, int] = field(default_factory=dict)
     messages: list[mqtt.MQTTMessage] = field(default_factory=list)
     disconnected_at: float | None = None
@@ -186,6 +215,7 @@ class MqttClient:
         self._c.on_socket_open = self._on_socket_open
         self._c.on_connect = self._on_connect
         self._c.on_subscribe = self._on_subscribe
+        self._c.on_unsubscribe = self._on_unsubscribe
         self._c.on_publish = self._on_publish
         self._c.on_message = self._on_message
         self._c.on_disconnect = self._on_disconnect
@@ -195,10 +225,9 @@ class MqttClient:
         if isinstance(sock, socket.socket):  # the findings: loopback crawls without it
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _update(self, fn: object) -> None:
+    def _update(self, fn: Callable[[Inbox], object]) -> None:
         with self.inbox.cond:
-            if callable(fn):
-                fn(self.inbox)
+            fn(self.inbox)
             self.inbox.cond.notify_all()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -206,6 +235,9 @@ class MqttClient:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         self._update(lambda i: i.subacks.__setitem__(mid, [rc.value for rc in reason_codes]))
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        self._update(lambda i: i.unsubacks.__setitem__(mid, [rc.value for rc in reason_codes]))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._update(lambda i: i.pubacks.__setitem__(mid, reason_code.value))
@@ -222,9 +254,9 @@ class MqttClient:
 
         self._update(record)
 
-    def _wait(self, predicate: object, timeout: float) -> bool:
+    def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         with self.inbox.cond:
-            return self.inbox.cond.wait_for(lambda: callable(predicate) and predicate(), timeout)
+            return self.inbox.cond.wait_for(predicate, timeout)
 
     # test-facing API
     def connect(self, timeout: float = 5.0) -> int:
@@ -243,9 +275,19 @@ class MqttClient:
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 5.0) -> list[int]:
         _, mid = self._c.subscribe(topic, qos)
+        if mid is None:
+            raise ConnectionError("SUBSCRIBE not sent")
         if not self._wait(lambda: mid in self.inbox.subacks, timeout):
             raise TimeoutError("no SUBACK")
         return self.inbox.subacks[mid]
+
+    def unsubscribe(self, topic: str, timeout: float = 5.0) -> list[int]:
+        _, mid = self._c.unsubscribe(topic)
+        if mid is None:
+            raise ConnectionError("UNSUBSCRIBE not sent")
+        if not self._wait(lambda: mid in self.inbox.unsubacks, timeout):
+            raise TimeoutError("no UNSUBACK")
+        return self.inbox.unsubacks[mid]
 
     def publish(
         self, topic: str, payload: bytes = b"x", qos: int = 1, retain: bool = False
@@ -307,11 +349,3 @@ def raw_connack_311(port: int, ctx: ssl.SSLContext, client_id: str) -> int:
     if ack[:2] != b"\x20\x02":
         raise ValueError(f"not a CONNACK: {ack!r}")
     return ack[3]
-
-
-def pems(*issued: Iterable[Issued] | Issued) -> list[str]:
-    out: list[str] = []
-    for item in issued:
-        items = [item] if isinstance(item, Issued) else list(item)
-        out += [i.pem.decode() for i in items]
-    return out
