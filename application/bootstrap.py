@@ -6,9 +6,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.mqtt_publisher import FileServerCertificate, MqttTarget, PahoCommandPublisher
+from adapters.scheduler import CroniterCalendar, Scheduler
 from adapters.settings import Settings
+from adapters.smtp import SmtpConfig, SmtpMailer
+from adapters.workers import DramatiqWorkers, make_broker
 from application.authorization import Authorization, AuthzIndex
 from application.enforcement import Enforcement
+from application.operation_runs import RunExecutor, RunLimits
+from application.operations import SystemClock
 from application.registry import Registry
 from projections.audit import AuditProjection, AuditView
 from projections.catalogue import CatalogueProjection
@@ -17,6 +23,10 @@ from projections.components import ComponentsProjection, ComponentsView
 from projections.db import PostgresViewDb, SqliteViewDb, ViewDb
 from projections.decision_log import SqlDecisionLog
 from projections.lookup import LookupProjection, LookupTable
+from projections.operation_outcomes import OutcomeStore
+from projections.operations import OperationsProjection
+from projections.operations_view import OperationsView
+from projections.principals import PrincipalsProjection
 from projections.runner import ProjectionRunner
 from projections.trust_anchors import TrustAnchorProjection
 
@@ -40,6 +50,11 @@ class Certwarden:
     decisions: SqlDecisionLog
     enforcement: Enforcement
     trust_anchors: TrustAnchorProjection
+    operations: OperationsView
+    outcomes: OutcomeStore
+    executor: RunExecutor
+    workers: DramatiqWorkers
+    scheduler: Scheduler
     background: bool = False
 
     def start(self, background: bool = True) -> None:
@@ -50,12 +65,22 @@ class Certwarden:
             self.runner.start()
             self.background = True
 
+    def start_operations(self) -> None:
+        """Workers (in-process when configured), a start-up sweep of open runs, scheduler."""
+        if self.settings.ops_in_process_worker:
+            self.workers.start()
+        self.workers.sweep(grace_seconds=0)
+        if self.settings.scheduler_in_process:
+            self.scheduler.start()
+
     def sync(self) -> None:
         """Foreground catch-up (tests, CLI): read models and index reflect every saved event."""
         self.runner.wait(self.registry.max_position())
         self.index.refresh()
 
     def close(self) -> None:
+        self.scheduler.stop()
+        self.workers.stop()
         self.runner.stop()
         self.decisions.close()
         self.registry.close()
@@ -102,6 +127,8 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
             AuditProjection(),
             ComponentsProjection(),
             trust_anchors,
+            PrincipalsProjection(),
+            OperationsProjection(),
         ],
         poll_interval=settings.projection_poll_seconds,
     )
@@ -123,6 +150,9 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         rolling=registry,
         dependents=lookup.dependents,
     )
+    operations = OperationsView(db)
+    outcomes = OutcomeStore(db)
+    executor, workers, scheduler = _operations(settings, registry, catalogue, operations, outcomes)
     return Certwarden(
         settings=settings,
         registry=registry,
@@ -137,4 +167,74 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         decisions=decisions,
         enforcement=enforcement,
         trust_anchors=trust_anchors,
+        operations=operations,
+        outcomes=outcomes,
+        executor=executor,
+        workers=workers,
+        scheduler=scheduler,
     )
+
+
+def _operations(
+    s: Settings,
+    registry: Registry,
+    catalogue: CatalogueView,
+    view: OperationsView,
+    outcomes: OutcomeStore,
+) -> tuple[RunExecutor, DramatiqWorkers, Scheduler]:
+    """Certificate operations: publisher, mailer, executor, dramatiq workers, scheduler."""
+    pki = s.pki_dir
+    target = MqttTarget(
+        host=s.ops_mqtt_host or s.mqtt_host,
+        port=s.ops_mqtt_port or s.mqtt_port,
+        tls=s.ops_mqtt_tls,
+        ca_file=str(s.ops_mqtt_ca_file or pki / "server-ca.pem"),
+        cert_file=str(s.ops_mqtt_cert_file or pki / "service.pem"),
+        key_file=str(s.ops_mqtt_key_file or pki / "service.key"),
+        protocol=s.ops_mqtt_protocol,
+        window=s.ops_mqtt_window,
+    )
+    mailer = SmtpMailer(
+        SmtpConfig(
+            s.smtp_host,
+            s.smtp_port,
+            s.smtp_security,
+            s.smtp_username,
+            s.smtp_password.get_secret_value(),
+            s.smtp_sender,
+            s.smtp_timeout_seconds,
+            str(s.smtp_ca_file) if s.smtp_ca_file else None,
+        )
+    )
+    limits = RunLimits(s.ops_page_size, s.ops_ack_timeout_seconds, s.ops_lease_seconds)
+    executor = RunExecutor(
+        registry,
+        catalogue,
+        outcomes,
+        lambda: PahoCommandPublisher(target),
+        mailer,
+        FileServerCertificate(pki / "server-ca.pem"),
+        limits,
+    )
+    workers = DramatiqWorkers(
+        make_broker(s.ops_broker, s.redis_url, s.ops_namespace),
+        executor,
+        view,
+        outcomes,
+        queue_name=s.ops_queue,
+        threads=s.ops_worker_threads,
+        time_limit_seconds=s.ops_time_limit_seconds,
+    )
+    calendar, clock = CroniterCalendar(), SystemClock()
+    registry.calendar, registry.run_queue, registry.clock = calendar, workers, clock
+    registry.package_usage = view
+    scheduler = Scheduler(
+        registry,
+        view,
+        calendar,
+        clock,
+        tick_seconds=s.scheduler_tick_seconds,
+        sweep=workers.sweep,
+        sweep_seconds=s.ops_sweep_seconds,
+    )
+    return executor, workers, scheduler

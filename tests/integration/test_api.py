@@ -337,3 +337,20 @@ def test_der_garbage_after_the_certificate_is_refused(client: TestClient, root_k
         422,
     )
     assert base64  # used by helpers in other tests
+
+
+def test_keys_are_listed_without_secrets_and_a_revoked_key_stops_working(
+    client: TestClient, root_key: str
+) -> None:
+    org, key = new_org(client, root_key)
+    users = client.get(f"/api/v1/orgs/{org}/users", headers=auth(key)).json()["items"]
+    keys = client.get(f"/api/v1/orgs/{org}/keys", headers=auth(key)).json()["items"]
+    assert [u["name"] for u in users] == ["alice"] and len(keys) == 1
+    assert key.split("_")[2] not in str(keys)
+    assert (
+        client.delete(
+            f"/api/v1/orgs/{org}/keys/{keys[0]['key_id']}", headers=auth(root_key)
+        ).status_code
+        == 204
+    )
+    is_problem(client.get(f"/api/v1/orgs/{org}/users", headers=auth(key)), 401)
