@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from application.bootstrap import Certwarden
 from tests import factories as f
+from tests.integration.api_helpers import auth, is_problem, new_org
 
 POLICY = {
     "policy_id": "devices",
@@ -22,44 +20,6 @@ POLICY = {
 @pytest.fixture
 def store() -> str:
     return "sqlite"
-
-
-@pytest.fixture
-def client(cw: Certwarden) -> Iterator[TestClient]:
-    with TestClient(create_app(cw)) as c:
-        yield c
-
-
-@pytest.fixture
-def root_key(cw: Certwarden) -> str:
-    issued = cw.registry.ensure_bootstrap_key()
-    assert issued is not None
-    return issued.secret
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def new_org(client: TestClient, root_key: str, role: str = "admin") -> tuple[str, str]:
-    org = client.post(
-        "/api/v1/orgs", json={"name": f"o-{uuid.uuid4().hex[:6]}"}, headers=auth(root_key)
-    ).json()["uid"]
-    user = client.post(
-        f"/api/v1/orgs/{org}/users", json={"name": "alice", "role": role}, headers=auth(root_key)
-    ).json()
-    key = client.post(
-        f"/api/v1/orgs/{org}/users/{user['user_id']}/keys", json={}, headers=auth(root_key)
-    ).json()["api_key"]
-    return org, key
-
-
-def is_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 def test_requests_without_a_key_get_401(client: TestClient) -> None:
@@ -336,7 +296,6 @@ def test_der_garbage_after_the_certificate_is_refused(client: TestClient, root_k
         ),
         422,
     )
-    assert base64  # used by helpers in other tests
 
 
 def test_keys_are_listed_without_secrets_and_a_revoked_key_stops_working(
