@@ -143,7 +143,8 @@ class Enforcement:
                 return []
             if response_topic == myorg_reply_topic(client_id):  # before the device knows its org
                 return [Publish(response_topic, org.encode(), 1, correlation_data)]
-            return [self._reply(org, component, org.encode(), response_topic, correlation_data)]
+            allowed = self._may_receive(fingerprint, client_id, peer_ip, response_topic)
+            return [self._reply(org, component, org.encode(), allowed, correlation_data)]
         levels = topic.split("/")
         if len(levels) != 6 or levels[0] != org or levels[1:3] != ["manage", "cert"]:
             return []
@@ -163,7 +164,8 @@ class Enforcement:
                 found.certificate_id, body, peer_ip, self._dependents
             ).as_json()
         reply = json.dumps(result).encode()
-        return [self._reply(org, component, reply, response_topic, correlation_data)]
+        allowed = self._may_receive(fingerprint, client_id, peer_ip, response_topic)
+        return [self._reply(org, component, reply, allowed, correlation_data)]
 
     @staticmethod
     def _json(payload: bytes) -> dict[str, object] | None:
@@ -174,6 +176,16 @@ class Enforcement:
         except (ValueError, UnicodeDecodeError):
             return None
         return body if isinstance(body, dict) else None
+
+    def _may_receive(
+        self, fingerprint: str, client_id: str, peer_ip: str, response_topic: str | None
+    ) -> str | None:
+        """A response topic is used only if the requester may receive there itself: a device
+        cannot make certwarden publish where it could not (e.g. into another device's feed)."""
+        if not response_topic:
+            return None
+        request = AccessRequest(fingerprint, client_id, peer_ip, Action.RECEIVE, response_topic)
+        return response_topic if self.authorization.authorize(request).allowed else None
 
     @staticmethod
     def _reply(

@@ -85,6 +85,26 @@ class Authorizer(Protocol):
 
     def changes_since(self, generation: int) -> Changes: ...
 
+    def on_message(
+        self,
+        fingerprint: str,
+        client_id: str,
+        peer_ip: str,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> list[Publish]:
+        """A request a connected device published; returns the replies to publish as the broker.
+
+        The broker forwards only `manage/cert/myorg/cid/+`, `+/manage/cert/register/cid/+` and
+        `+/manage/cert/unregister/cid/+` messages it already allowed (PUBLISH), with the
+        MQTT 5 response topic and correlation data when given (None otherwise). Returns [] for
+        anything not handled; replies go only to subscribers allowed to RECEIVE them. Must be
+        thread-safe; an exception means no reply.
+        """
+        ...
+
 
 class PolicyUsage(Protocol):
     """Read-model question the registry asks before deleting a policy."""
@@ -150,14 +170,17 @@ class CommandPublisher(Protocol):
     """Publishes operation commands through the broker as certwarden's service identity.
 
     publish() hands one message over (blocking while the in-flight window is full);
-    wait_all() returns once every QoS>0 message published so far is acknowledged.
-    open(), publish() and wait_all() raise PublishError."""
+    mark() numbers the messages published so far; wait_acked(mark) returns once every
+    QoS>0 message up to that mark is acknowledged. open(), publish() and wait_acked()
+    raise PublishError; publish() and wait_acked() may be called from different threads."""
 
     def open(self) -> None: ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
-    def wait_all(self, timeout: float) -> None: ...
+    def mark(self) -> int: ...
+
+    def wait_acked(self, mark: int, timeout: float) -> None: ...
 
     def close(self) -> None: ...
 

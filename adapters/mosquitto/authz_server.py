@@ -13,20 +13,24 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from application.ports import AccessRequest, Authorizer, Decision
+from application.ports import AccessRequest, Authorizer, Decision, Publish
 
 from .wire import (
     MAX_FRAME,
+    MESSAGES_VERSION,
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     ChangesQuery,
     ConnectQuery,
     Hello,
+    MessageQuery,
     ProtocolError,
     Request,
     decode_request,
     encode_changes,
     encode_decision,
     encode_hello_reply,
+    encode_publishes,
 )
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,11 @@ class AuthzSocketServer:
     - an authorizer that raises on a decision yields a deny (reason "authz-error"); one that
       raises in changes_since closes the connection, which makes the plugin flush its caches;
     - CONNECT_CHECK (re-check of a live session) calls `authorizer.recheck_connect(request)`
-      when the authorizer has it (meant to be side-effect free), else authorize_connect.
+      when the authorizer has it (meant to be side-effect free), else authorize_connect;
+    - HELLO settles the version per connection (the plugin's, capped at ours); MESSAGE (a
+      device request, version 2) calls `authorizer.on_message(...)` when the authorizer has
+      it and answers PUBLISHES with the replies that are valid topic names and fit one frame;
+      an authorizer that raises, or has no on_message, answers no replies.
 
     Errors: start() raises FileExistsError when another server answers on socket_path and
     ValueError when the path is too long for a unix socket.
@@ -174,17 +182,24 @@ class AuthzSocketServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            greeted = False
+            version = 0  # none before HELLO
             while True:
                 payload = _read_frame(conn)
                 if payload is None:
                     return
                 request = decode_request(payload)
-                if not greeted and not isinstance(request, Hello):
+                if isinstance(request, Hello):
+                    if version:
+                        raise ProtocolError("HELLO sent twice")
+                    if request.version < MIN_PROTOCOL_VERSION:
+                        raise ProtocolError(f"unsupported protocol version {request.version}")
+                    version = min(request.version, PROTOCOL_VERSION)  # a newer plugin falls back
+                    conn.sendall(encode_hello_reply(self.epoch, version))
+                    continue
+                if not version:
                     raise ProtocolError("the first frame must be HELLO")
-                if greeted and isinstance(request, Hello):
-                    raise ProtocolError("HELLO sent twice")
-                greeted = True
+                if isinstance(request, MessageQuery) and version < MESSAGES_VERSION:
+                    raise ProtocolError(f"MESSAGE on a version {version} connection")
                 conn.sendall(self._answer(request))
         except ProtocolError as exc:
             log.warning("closing authz connection: %s", exc)
@@ -200,9 +215,16 @@ class AuthzSocketServer:
 
     def _answer(self, request: Request) -> bytes:
         if isinstance(request, Hello):
-            if request.version < PROTOCOL_VERSION:
-                raise ProtocolError(f"unsupported protocol version {request.version}")
-            return encode_hello_reply(self.epoch)  # we speak 1; a newer plugin falls back
+            raise ProtocolError("HELLO is answered by _serve")
+        if isinstance(request, MessageQuery):
+            frame, dropped = encode_publishes(self._message(request))
+            if dropped:
+                log.warning(
+                    "%d replies to %r dropped: invalid topic or over the frame limit",
+                    dropped,
+                    request.topic,
+                )
+            return frame
         if isinstance(request, ChangesQuery):
             return encode_changes(self.authorizer.changes_since(request.generation))
         if isinstance(request, ConnectQuery):
@@ -224,6 +246,27 @@ class AuthzSocketServer:
         except Exception:
             log.exception("authorize_connect raised for client id %r", query.request.client_id)
             return Decision(allowed=False, reason="authz-error")
+
+    def _message(self, query: MessageQuery) -> list[Publish]:
+        on_message = getattr(self.authorizer, "on_message", None)
+        if not callable(on_message):
+            return []
+        try:
+            replies = on_message(
+                query.fingerprint,
+                query.client_id,
+                query.peer_ip,
+                query.topic,
+                query.payload,
+                query.response_topic,
+                query.correlation_data,
+            )
+            if not isinstance(replies, list) or not all(isinstance(p, Publish) for p in replies):
+                raise TypeError("on_message must return a list of Publish")
+            return replies
+        except Exception:
+            log.exception("on_message raised for %r", query.topic)
+            return []
 
     def _access(self, request: AccessRequest) -> Decision:
         try:

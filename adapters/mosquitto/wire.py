@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision
+from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision, Publish
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the highest version spoken; HELLO negotiates
+MIN_PROTOCOL_VERSION = 1
+MESSAGES_VERSION = 2  # MESSAGE / PUBLISHES exist from this version on
 MAX_FRAME = 65536  # type byte + body, the u32 length prefix excluded
 MAX_DER = 16384
 MAX_CLIENT_ID = 1024
@@ -17,6 +20,8 @@ MAX_TOPIC = 32768
 MAX_REASON = 1024
 MAX_AGENT = 255
 FP_LEN = 32
+MAX_PUBLISHES = 16
+MAX_CORRELATION = 0xFFFF  # MQTT 5 binary data (section 1.5.6)
 # generation u64 + flags u8 + two u16 counts must leave room for the lists
 MAX_LISTED_FINGERPRINTS = (MAX_FRAME - 1 - 8 - 1 - 2 - 2) // FP_LEN
 FLAG_RETAIN = 0x01
@@ -29,9 +34,11 @@ class MsgType(IntEnum):
     ACCESS = 0x03
     CHANGES = 0x04
     CONNECT_CHECK = 0x05
+    MESSAGE = 0x06
     HELLO_REPLY = 0x81
     DECISION = 0x82
     CHANGES_REPLY = 0x84
+    PUBLISHES = 0x86
 
 
 _ACTION_CODES = {Action.PUBLISH: 1, Action.SUBSCRIBE: 2, Action.RECEIVE: 3}
@@ -61,7 +68,20 @@ class ChangesQuery:
     generation: int
 
 
-Request = Hello | ConnectQuery | AccessRequest | ChangesQuery
+@dataclass(frozen=True, slots=True)
+class MessageQuery:
+    """MESSAGE: a request a device published (already allowed by the broker's ACL check)."""
+
+    fingerprint: str  # lowercase hex SHA-256 of the publisher's leaf certificate
+    client_id: str
+    peer_ip: str
+    topic: str
+    payload: bytes
+    response_topic: str | None = None  # MQTT 5 response topic; None when absent
+    correlation_data: bytes | None = None  # None when absent or empty
+
+
+Request = Hello | ConnectQuery | AccessRequest | ChangesQuery | MessageQuery
 
 
 class _Reader:
@@ -89,6 +109,10 @@ class _Reader:
 
     def u64(self) -> int:
         return int(struct.unpack(">Q", self.raw(8))[0])
+
+    def blob(self, length_size: int) -> bytes:
+        """A u16- or u32-length-prefixed byte string."""
+        return self.raw(self.u16() if length_size == 2 else self.u32())
 
     def text(self, limit: int) -> str:
         n = self.u16()
@@ -153,14 +177,24 @@ def decode_request(payload: bytes) -> Request:
         )
     elif kind == MsgType.CHANGES:
         request = ChangesQuery(generation=r.u64())
+    elif kind == MsgType.MESSAGE:
+        request = MessageQuery(
+            fingerprint=r.raw(FP_LEN).hex(),
+            client_id=r.text(MAX_CLIENT_ID),
+            peer_ip=r.text(MAX_PEER),
+            topic=r.text(MAX_TOPIC),
+            payload=r.blob(4),
+            response_topic=r.text(MAX_TOPIC) or None,
+            correlation_data=r.blob(2) or None,
+        )
     else:
         raise ProtocolError(f"unknown message type {kind:#04x}")
     r.end()
     return request
 
 
-def encode_hello_reply(epoch: int) -> bytes:
-    return frame(MsgType.HELLO_REPLY, struct.pack(">BQ", PROTOCOL_VERSION, epoch))
+def encode_hello_reply(epoch: int, version: int = PROTOCOL_VERSION) -> bytes:
+    return frame(MsgType.HELLO_REPLY, struct.pack(">BQ", version, epoch))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -185,6 +219,59 @@ def encode_changes(changes: Changes) -> bytes:
     body += b"".join(_fingerprint(fp) for fp in kick)
     body += struct.pack(">H", len(recheck)) + b"".join(_fingerprint(fp) for fp in recheck)
     return frame(MsgType.CHANGES_REPLY, body)
+
+
+def reply_topic_ok(topic: str) -> bool:
+    """A topic certwarden may publish on: a non-empty topic name of at most MAX_TOPIC bytes,
+    no wildcards, not a `$` (broker) topic, and only code points Mosquitto's UTF-8 check
+    accepts (MQTT 5 sections 1.5.4 and 4.7: no U+0000, surrogates, controls, non-characters)."""
+    if not topic or topic.startswith("$") or "+" in topic or "#" in topic:
+        return False
+    for ch in topic:
+        cp = ord(ch)
+        if (
+            cp <= 0x1F
+            or 0x7F <= cp <= 0x9F
+            or 0xD800 <= cp <= 0xDFFF
+            or 0xFDD0 <= cp <= 0xFDEF
+            or cp & 0xFFFE == 0xFFFE
+        ):
+            return False
+    return len(topic.encode("utf-8")) <= MAX_TOPIC
+
+
+def _publish_entry(publish: Publish) -> bytes:
+    correlation = publish.correlation_data or b""
+    if not reply_topic_ok(publish.topic):
+        raise ProtocolError("reply topic is not a valid topic name")
+    if publish.qos not in (0, 1, 2) or len(correlation) > MAX_CORRELATION:
+        raise ProtocolError("reply qos or correlation data out of range")
+    return (
+        _text(publish.topic, MAX_TOPIC)
+        + struct.pack(">BI", publish.qos, len(publish.payload))
+        + publish.payload
+        + struct.pack(">H", len(correlation))
+        + correlation
+    )
+
+
+def encode_publishes(publishes: Sequence[Publish]) -> tuple[bytes, int]:
+    """PUBLISHES frame for the replies that are valid and fit (in order, at most MAX_PUBLISHES,
+    the whole frame within MAX_FRAME), and how many were left out."""
+    room = MAX_FRAME - 1 - 2
+    entries: list[bytes] = []
+    for publish in publishes:
+        if len(entries) == MAX_PUBLISHES:
+            break
+        try:
+            entry = _publish_entry(publish)
+        except ProtocolError:
+            continue
+        if len(entry) <= room:
+            entries.append(entry)
+            room -= len(entry)
+    body = struct.pack(">H", len(entries)) + b"".join(entries)
+    return frame(MsgType.PUBLISHES, body), len(publishes) - len(entries)
 
 
 def _fingerprint(fp: str) -> bytes:
@@ -224,6 +311,38 @@ def encode_access(request: AccessRequest) -> bytes:
 
 def encode_changes_query(generation: int) -> bytes:
     return frame(MsgType.CHANGES, struct.pack(">Q", generation))
+
+
+def encode_message(query: MessageQuery) -> bytes:
+    body = (
+        _fingerprint(query.fingerprint)
+        + _text(query.client_id, MAX_CLIENT_ID)
+        + _text(query.peer_ip, MAX_PEER)
+        + _text(query.topic, MAX_TOPIC)
+        + struct.pack(">I", len(query.payload))
+        + query.payload
+        + _text(query.response_topic or "", MAX_TOPIC)
+    )
+    correlation = query.correlation_data or b""
+    return frame(MsgType.MESSAGE, body + struct.pack(">H", len(correlation)) + correlation)
+
+
+def decode_publishes(payload: bytes) -> list[Publish]:
+    """The replies in a PUBLISHES frame (type byte + body), as the plugin reads them."""
+    if not payload or payload[0] != MsgType.PUBLISHES:
+        raise ProtocolError("not a PUBLISHES")
+    r = _Reader(payload[1:])
+    count = r.u16()
+    if count > MAX_PUBLISHES:
+        raise ProtocolError(f"{count} replies over the limit of {MAX_PUBLISHES}")
+    out = []
+    for _ in range(count):
+        topic, qos, body = r.text(MAX_TOPIC), r.u8(), r.blob(4)
+        if qos > 2 or not topic:
+            raise ProtocolError("bad reply qos or empty topic")
+        out.append(Publish(topic, body, qos, r.blob(2) or None))
+    r.end()
+    return out
 
 
 def decode_decision(payload: bytes) -> tuple[bool, int, str]:

@@ -107,8 +107,15 @@ def test_myorg_replies_with_the_org_uid_on_the_response_topic_or_the_reply_topic
     assert publish(cw, leaf, topic)
     plain = cw.enforcement.on_message(fp(leaf), "c", "127.0.0.1", topic, b"")
     assert [(p.topic, p.payload) for p in plain] == [(f"{org}/cid/dev-7/reply", org.encode())]
-    v5 = cw.enforcement.on_message(fp(leaf), "c", "127.0.0.1", topic, b"", f"{org}/mine", b"corr")
-    assert (v5[0].topic, v5[0].correlation_data) == (f"{org}/mine", b"corr")
+    v5 = cw.enforcement.on_message(
+        fp(leaf), "c", "127.0.0.1", topic, b"", f"{org}/cid/me/reply", b"corr"
+    )
+    assert (v5[0].topic, v5[0].correlation_data) == (f"{org}/cid/me/reply", b"corr")
+    # a response topic the device could not receive on itself is not used
+    feed = cw.enforcement.on_message(
+        fp(leaf), "c", "127.0.0.1", topic, b"", f"{org}/feed/cid/x", b"c"
+    )
+    assert feed[0].topic == f"{org}/cid/dev-7/reply"
     hostile = cw.enforcement.on_message(fp(leaf), "c", "127.0.0.1", topic, b"", "other-org/x", b"c")
     assert hostile[0].topic == f"{org}/cid/dev-7/reply"
 

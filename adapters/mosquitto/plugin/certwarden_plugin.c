@@ -1,5 +1,6 @@
 /* certwarden Mosquitto plugin (API v5): enforce certwarden's decisions on CONNECT, on every
- * publish / subscribe / delivery, and on live sessions when certwarden reports changes.
+ * publish / subscribe / delivery, and on live sessions when certwarden reports changes; forward
+ * device requests (manage/cert/...) to certwarden and publish its replies (cw_message.c).
  *
  * Options (plugin_opt_<key> in mosquitto.conf):
  *   socket        path of certwarden's authz unix socket (required)
@@ -195,6 +196,7 @@ static const struct { int event; MOSQ_FUNC_generic_callback cb; } cw_events[] = 
 	{MOSQ_EVT_ACL_CHECK, on_acl_check},
 	{MOSQ_EVT_TICK, on_tick},
 	{MOSQ_EVT_DISCONNECT, on_disconnect},
+	{MOSQ_EVT_MESSAGE, cw_on_message},
 };
 #define CW_EVENT_COUNT (sizeof(cw_events) / sizeof(cw_events[0]))
 

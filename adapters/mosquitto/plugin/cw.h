@@ -14,7 +14,8 @@
 
 #include <mosquitto_broker.h>
 
-#define CW_PROTOCOL_VERSION 1u
+#define CW_PROTOCOL_VERSION 2u   /* highest version spoken; HELLO negotiates down to 1 */
+#define CW_MESSAGES_VERSION 2u   /* first version with MESSAGE / PUBLISHES */
 #define CW_MAX_FRAME 65536u    /* type byte + body; the u32 length prefix excluded */
 #define CW_MAX_DER 16384u
 #define CW_MAX_CLIENT_ID 1024u
@@ -22,6 +23,7 @@
 #define CW_MAX_TOPIC 32768u
 #define CW_MAX_REASON 1024u
 #define CW_FP_LEN 32u          /* SHA-256 of the leaf certificate DER */
+#define CW_MAX_PUBLISHES 16u   /* entries in one PUBLISHES reply */
 #define CW_CACHE_TOPIC_MAX 512u /* longer topics are asked every time, never cached */
 
 enum cw_msg_type {
@@ -30,9 +32,11 @@ enum cw_msg_type {
 	CW_MSG_ACCESS = 0x03,
 	CW_MSG_CHANGES = 0x04,
 	CW_MSG_CONNECT_CHECK = 0x05,
+	CW_MSG_MESSAGE = 0x06,
 	CW_MSG_HELLO_REPLY = 0x81,
 	CW_MSG_DECISION = 0x82,
 	CW_MSG_CHANGES_REPLY = 0x84,
+	CW_MSG_PUBLISHES = 0x86,
 };
 
 enum cw_action { CW_ACTION_PUBLISH = 1, CW_ACTION_SUBSCRIBE = 2, CW_ACTION_RECEIVE = 3 };
@@ -84,6 +88,7 @@ struct cw_link {
 	uint32_t retry_ms;
 	uint64_t next_attempt_ms; /* no connect attempt before this (monotonic ms) */
 	uint64_t server_epoch;    /* from HELLO_REPLY; 0 before the first HELLO */
+	uint8_t version;          /* negotiated by the last HELLO; 0 while closed */
 	bool epoch_changed;       /* set when a HELLO_REPLY carried a new epoch; caller clears */
 	bool down;                /* between a failure and the next successful HELLO */
 	uint64_t failures;        /* bumped on every failure; callers flush caches on change */
@@ -99,6 +104,10 @@ struct cw_buf cw_link_begin(struct cw_link *l, uint8_t type);
 /* Send the request, read one reply of type `expect`. 0: *reply covers the reply body.
  * -1: transport error, timeout, oversize or wrong type; the link is closed and backs off. */
 int cw_link_call(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct cw_reader *reply);
+/* As cw_link_call, but the request needs protocol version min_version: -2 (link kept, nothing
+ * sent, not a failure) when the server negotiated an older one. */
+int cw_link_call_min(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct cw_reader *reply,
+		uint8_t min_version);
 /* A well-framed reply did not parse: the stream is suspect; close it and back off. */
 void cw_link_fail(struct cw_link *l, const char *why);
 
@@ -194,5 +203,15 @@ int cw_connect_decision(struct cw_plugin *p, const struct mosquitto *client, uin
 		uint8_t fp[CW_FP_LEN], bool *allowed, char *reason, size_t cap);
 /* One CHANGES round trip; on a new generation flush caches, kick and re-check sessions. */
 void cw_poll_changes(struct cw_plugin *p);
+
+/* ---- device requests (cw_message.c) ----------------------------------------- */
+
+/* True for the only topics forwarded as MESSAGE: manage/cert/myorg/cid/+,
+ * +/manage/cert/register/cid/+ and +/manage/cert/unregister/cid/+ ('+' as in MQTT: one
+ * level, possibly empty; topics starting with '$' never match, MQTT 5 section 4.7.2). */
+bool cw_request_topic(const char *topic, size_t len);
+/* MOSQ_EVT_MESSAGE: forward a request, publish certwarden's replies. Always
+ * MOSQ_ERR_SUCCESS: the request itself is delivered as usual; a failed ask means no reply. */
+int cw_on_message(int event, void *event_data, void *userdata);
 
 #endif

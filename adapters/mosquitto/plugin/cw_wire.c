@@ -221,6 +221,7 @@ static void link_close(struct cw_link *l)
 {
 	if(l->fd >= 0) close(l->fd);
 	l->fd = -1;
+	l->version = 0;
 }
 
 static int link_fail(struct cw_link *l, const char *why)
@@ -280,9 +281,11 @@ static int link_open(struct cw_link *l, uint64_t deadline)
 	r = (struct cw_reader){.data = l->rx + 5, .len = n - 1, .pos = 0, .bad = false};
 	version = cw_get_u8(&r);
 	epoch = cw_get_u64(&r);
-	if(r.bad || r.pos != r.len || version != CW_PROTOCOL_VERSION){
+	/* The server answers the version it will speak, never above ours (PROTOCOL.md). */
+	if(r.bad || r.pos != r.len || version < 1 || version > CW_PROTOCOL_VERSION){
 		return link_fail(l, "unsupported HELLO reply");
 	}
+	l->version = version;
 	if(epoch != l->server_epoch){
 		l->epoch_changed = true;
 		l->server_epoch = epoch;
@@ -335,6 +338,12 @@ void cw_link_fail(struct cw_link *l, const char *why)
 
 int cw_link_call(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct cw_reader *reply)
 {
+	return cw_link_call_min(l, req, expect, reply, 1);
+}
+
+int cw_link_call_min(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct cw_reader *reply,
+		uint8_t min_version)
+{
 	uint64_t deadline = cw_now_ms() + l->timeout_ms;
 	size_t n;
 
@@ -344,6 +353,7 @@ int cw_link_call(struct cw_link *l, struct cw_buf *req, uint8_t expect, struct c
 		if(cw_now_ms() < l->next_attempt_ms) return -1; /* backing off: deny at once */
 		if(link_open(l, deadline)) return -1;
 	}
+	if(l->version < min_version) return -2; /* an older server: it would not know the frame */
 	set_length(req->data, req->len);
 	n = exchange(l, req->data, req->len, expect, deadline);
 	if(n == 0) return link_fail(l, "request failed (timeout, closed or garbled reply)");

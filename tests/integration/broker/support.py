@@ -18,8 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision
+from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision, Publish
 from tests.factories import Issued, make_leaf, unique_cn
 
 
@@ -31,11 +33,25 @@ class Grant:
     retain: bool = True
 
 
+@dataclass(frozen=True)
+class Message:
+    """One on_message call, as the fake received it."""
+
+    fingerprint: str
+    client_id: str
+    peer_ip: str
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
 class FakeAuthorizer:
     """The Authorizer port, faked: fingerprint -> topic prefixes per action, and a change log.
 
     Every grant or revocation moves the generation; `revoke` lists the fingerprint in `kick`,
     `withdraw` only in `recheck` (the plugin must then re-ask the connect decision).
+    Requests (on_message) are recorded in `messages` and answered by `replier`.
     """
 
     def __init__(self) -> None:
@@ -46,6 +62,8 @@ class FakeAuthorizer:
         self.polled = -1  # the generation the plugin last said it had applied
         self.connects: list[tuple[ConnectRequest, Decision]] = []
         self.accesses: list[tuple[AccessRequest, Decision]] = []
+        self.messages: list[Message] = []
+        self.replier: Callable[[Message], list[Publish]] = lambda _m: []
 
     def grant(self, fingerprint: str, grant: Grant) -> None:
         with self._lock:
@@ -104,6 +122,28 @@ class FakeAuthorizer:
                     recheck |= r
             return Changes(self.generation, frozenset(kick), frozenset(recheck))
 
+    def on_message(
+        self,
+        fingerprint: str,
+        client_id: str,
+        peer_ip: str,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> list[Publish]:
+        message = Message(
+            fingerprint, client_id, peer_ip, topic, payload, response_topic, correlation_data
+        )
+        with self._lock:
+            self.messages.append(message)
+            replier = self.replier
+        return replier(message)
+
+    def messages_on(self, topic: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
     def caught_up(self) -> bool:
         """The plugin applied every change so far (its caches will not be flushed for them)."""
         with self._lock:
@@ -116,6 +156,13 @@ class FakeAuthorizer:
 
 def fingerprint_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
+
+
+def correlation_of(message: mqtt.MQTTMessage) -> bytes | None:
+    """The MQTT 5 correlation data of a received message (None for 3.1.1 or when absent)."""
+    properties = getattr(message, "properties", None)
+    value = getattr(properties, "CorrelationData", None)
+    return bytes(value) if value is not None else None
 
 
 @dataclass
@@ -290,10 +337,25 @@ class MqttClient:
         return self.inbox.unsubacks[mid]
 
     def publish(
-        self, topic: str, payload: bytes = b"x", qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes = b"x",
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> int | None:
-        """PUBACK reason code for QoS 1 (0 = success, 0x87 = not authorized); None for QoS 0."""
-        info = self._c.publish(topic, payload, qos, retain)
+        """PUBACK reason code for QoS 1 (0 = success, 0x87 = not authorized); None for QoS 0.
+        Response topic and correlation data are MQTT 5 properties (section 3.3.2.3)."""
+        properties = None
+        if response_topic is not None or correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
+        info = self._c.publish(topic, payload, qos, retain, properties)
         if qos == 0:
             info.wait_for_publish(5)
             return None
@@ -307,6 +369,12 @@ class MqttClient:
 
     def wait_message(self, topic: str, timeout: float = 5.0) -> bool:
         return self._wait(lambda: any(m.topic == topic for m in self.inbox.messages), timeout)
+
+    def next_message(self, topic: str, timeout: float = 5.0) -> mqtt.MQTTMessage:
+        """The first message received on `topic`; TimeoutError when none comes in time."""
+        if not self.wait_message(topic, timeout):
+            raise TimeoutError(f"nothing received on {topic}")
+        return self.received(topic)[0]
 
     def wait_disconnect(self, timeout: float = 5.0) -> bool:
         return self._wait(lambda: self.inbox.disconnected_at is not None, timeout)

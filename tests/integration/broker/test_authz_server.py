@@ -13,10 +13,10 @@ import pytest
 
 from adapters.mosquitto import wire
 from adapters.mosquitto.authz_server import AuthzSocketServer
-from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision
+from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision, Publish
 from tests.factories import make_self_signed_leaf
 
-from .support import FakeAuthorizer, Grant, fingerprint_of
+from .support import FakeAuthorizer, Grant, Message, fingerprint_of
 
 
 @pytest.fixture
@@ -166,6 +166,16 @@ def test_changes_too_long_for_one_frame_become_a_resync() -> None:
             wire.frame(wire.MsgType.CONNECT, struct.pack(">I", wire.MAX_DER + 1)), id="der-too-big"
         ),
         pytest.param(wire.encode_hello(), id="second-hello"),
+        pytest.param(wire.frame(wire.MsgType.MESSAGE, b"\x00" * 40), id="truncated-message"),
+        pytest.param(
+            wire.frame(
+                wire.MsgType.MESSAGE,
+                b"\x00" * 32
+                + b"\x00\x01c\x00\x00\x00\x01t\x00\x00\x00\x00\x00\x02\xc3\x28\x00\x00",
+            ),
+            id="message-response-topic-not-utf8",
+        ),
+        pytest.param(wire.frame(wire.MsgType.PUBLISHES, b"\x00\x00"), id="a-reply-type-sent-in"),
     ],
 )
 def test_malformed_frames_close_the_connection(server: AuthzSocketServer, frame: bytes) -> None:
@@ -217,3 +227,96 @@ def test_reasons_are_clipped_on_a_character_boundary() -> None:
     frame = wire.encode_decision(Decision(False, "é" * wire.MAX_REASON), ttl_ms=0)
     allowed, _, reason = wire.decode_decision(frame[4:])
     assert not allowed and reason == "é" * (wire.MAX_REASON // 2)
+
+
+QUERY = wire.MessageQuery(
+    "ef" * 32, "dev-1", "10.0.0.7", "org/manage/cert/register/cid/c1", b'{"x":1}', "org/r", b"\x01"
+)
+
+
+def test_a_message_reaches_on_message_and_its_replies_come_back_as_publishes(
+    server: AuthzSocketServer, fake: FakeAuthorizer
+) -> None:
+    fake.replier = lambda m: [
+        Publish(m.response_topic or "", b"one", 1, m.correlation_data),
+        Publish("org/cid/c1/reply", b"", 0, None),
+    ]
+    conn = dial(server)
+    conn.sendall(wire.encode_message(QUERY))
+    assert wire.decode_publishes(read_frame(conn)) == [
+        Publish("org/r", b"one", 1, b"\x01"),
+        Publish("org/cid/c1/reply", b"", 0, None),
+    ]
+    assert fake.messages == [
+        Message("ef" * 32, "dev-1", "10.0.0.7", QUERY.topic, b'{"x":1}', "org/r", b"\x01")
+    ]
+
+
+def test_an_empty_response_topic_and_correlation_reach_on_message_as_none(
+    server: AuthzSocketServer, fake: FakeAuthorizer
+) -> None:
+    conn = dial(server)
+    conn.sendall(wire.encode_message(wire.MessageQuery("ef" * 32, "d", "", "t", b"")))
+    assert wire.decode_publishes(read_frame(conn)) == []
+    assert (fake.messages[-1].response_topic, fake.messages[-1].correlation_data) == (None, None)
+
+
+def test_a_version_1_plugin_gets_version_1_and_may_not_send_a_message(
+    server: AuthzSocketServer, fake: FakeAuthorizer
+) -> None:
+    conn = dial(server, hello=False)
+    conn.sendall(wire.encode_hello(version=1))
+    assert struct.unpack(">BQ", read_frame(conn)[1:]) == (1, server.epoch)
+    conn.sendall(wire.encode_changes_query(0))
+    assert read_frame(conn)[0] == wire.MsgType.CHANGES_REPLY
+    conn.sendall(wire.encode_message(QUERY))
+    assert closed_by_peer(conn)
+    assert fake.messages == []
+
+
+def test_an_authorizer_without_on_message_or_one_that_raises_answers_no_replies(
+    server: AuthzSocketServer, fake: FakeAuthorizer
+) -> None:
+    class Old:
+        def authorize(self, request: AccessRequest) -> Decision:
+            return Decision(True, "allowed")
+
+    def broken(_m: Message) -> list[Publish]:
+        raise RuntimeError("boom")
+
+    fake.replier = broken
+    conn = dial(server)
+    conn.sendall(wire.encode_message(QUERY))
+    assert wire.decode_publishes(read_frame(conn)) == []
+    server.authorizer = Old()  # type: ignore[assignment]
+    conn.sendall(wire.encode_message(QUERY))
+    assert wire.decode_publishes(read_frame(conn)) == []
+    conn.sendall(wire.encode_access(AccessRequest("ab" * 32, "d", "", Action.PUBLISH, "t")))
+    assert wire.decode_decision(read_frame(conn))[0]  # the connection is still served
+
+
+def test_replies_are_capped_to_valid_topic_names_the_count_and_the_frame() -> None:
+    ok = [Publish(f"o/{i}", b"p", 1) for i in range(wire.MAX_PUBLISHES + 2)]
+    invalid = [
+        Publish("o/+/x", b"", 1),
+        Publish("o/#", b"", 1),
+        Publish("$SYS/x", b"", 1),
+        Publish("", b"", 1),
+        Publish("o/\x00", b"", 1),
+        Publish("o/\x1f", b"", 1),
+        Publish("o/\ud800", b"", 1),
+        Publish("o/" + "t" * wire.MAX_TOPIC, b"", 1),
+        Publish("o/qos", b"", 3),
+        Publish("o/corr", b"", 1, b"c" * (wire.MAX_CORRELATION + 1)),
+    ]
+    frame, dropped = wire.encode_publishes([*invalid, *ok])
+    assert wire.decode_publishes(frame[4:]) == ok[: wire.MAX_PUBLISHES]
+    assert dropped == len(invalid) + 2
+    big = Publish("o/big", b"b" * (wire.MAX_FRAME - 100), 1)
+    frame, dropped = wire.encode_publishes([Publish("o/a", b"a" * 200, 1), big, ok[0]])
+    assert len(frame) - 4 <= wire.MAX_FRAME
+    assert [p.topic for p in wire.decode_publishes(frame[4:])] == ["o/a", "o/0"]
+    assert dropped == 1
+    largest = wire.MAX_FRAME - 1 - 2 - (2 + 5 + 1 + 4 + 2)
+    frame, dropped = wire.encode_publishes([Publish("o/big", b"b" * largest, 1)])
+    assert (len(frame) - 4, dropped) == (wire.MAX_FRAME, 0)
