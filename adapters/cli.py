@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from adapters import backup_file
 from adapters.settings import Settings
 from domain.errors import DomainError
 from domain.meta import Actor
@@ -17,6 +18,7 @@ projections_app = typer.Typer(help="Read models.")
 admin_app = typer.Typer(help="Organizations, users and API keys.")
 app.add_typer(projections_app, name="projections")
 app.add_typer(admin_app, name="admin")
+backup_file.register(app)  # certwarden backup / certwarden restore
 console = Console(stderr=True)
 
 
@@ -61,6 +63,7 @@ def serve(
 
         runtime = BrokerRuntime(cw, settings)
         runtime.start()
+    cw.start_operations()
     base = f"http://{settings.http_host}:{settings.http_port}"
     console.rule("certwarden")
     console.print(f"store: {settings.store} ({settings.data_dir})")
@@ -115,6 +118,52 @@ def authz() -> None:
         pass
     finally:
         runtime.stop()
+        cw.close()
+
+
+def _until_signal() -> None:
+    import signal
+    import threading
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def scheduler() -> None:
+    """Operation schedules and the sweep of open runs, without the HTTP API. Several may run
+    at once: the event store lets each fire time produce exactly one run."""
+    from application.bootstrap import bootstrap
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cw = bootstrap(Settings())
+    cw.start()
+    try:
+        cw.workers.sweep(grace_seconds=0)
+        cw.scheduler.start()
+        console.print(f"scheduler: every {cw.settings.scheduler_tick_seconds:g}s; Ctrl-C stops")
+        _until_signal()
+    finally:
+        cw.close()
+
+
+@app.command()
+def worker(threads: Annotated[int | None, typer.Option(help="worker threads")] = None) -> None:
+    """Execute operation runs from the queue (CERTWARDEN_OPS_BROKER=redis to share it)."""
+    from application.bootstrap import bootstrap
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cw = bootstrap(Settings())
+    cw.start()
+    try:
+        cw.workers.start(threads)
+        console.print(f"worker: queue {cw.settings.ops_queue} on {cw.settings.ops_broker}")
+        _until_signal()
+    finally:
         cw.close()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_restore_bytes: int = Field(default=16 << 30, ge=1024)  # POST /api/v1/restore (to disk)
     projection_poll_seconds: float = 0.2
 
     broker_enabled: bool = Field(default=True, description="serve starts Mosquitto + plugin")
@@ -35,6 +36,37 @@ class Settings(BaseSettings):
     mqtt_hostnames: list[str] = Field(default_factory=lambda: ["localhost"])
     mosquitto_binary: str = "mosquitto"
     plugin_path: Path = Path("var/build/certwarden_plugin.so")
+
+    # certificate operations: workers (dramatiq), scheduler, command publisher, SMTP
+    ops_broker: Literal["stub", "redis"] = "stub"  # stub: in-process worker (embedded)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    ops_namespace: str = "certwarden"
+    ops_queue: str = "certwarden-runs"
+    ops_in_process_worker: bool = True  # with redis, set false and run `certwarden worker`
+    ops_worker_threads: int = Field(default=2, ge=1, le=64)
+    ops_time_limit_seconds: float = 3600.0
+    ops_lease_seconds: float = Field(default=120.0, gt=0)
+    ops_page_size: int = Field(default=1000, ge=1, le=10000)
+    ops_ack_timeout_seconds: float = 30.0
+    ops_sweep_seconds: float = 60.0
+    scheduler_in_process: bool = True  # `certwarden serve` runs the scheduler thread
+    scheduler_tick_seconds: float = 5.0
+    ops_mqtt_host: str | None = None  # default: mqtt_host / mqtt_port, TLS, service identity
+    ops_mqtt_port: int | None = None
+    ops_mqtt_tls: bool = True
+    ops_mqtt_ca_file: Path | None = None  # default <data_dir>/pki/server-ca.pem
+    ops_mqtt_cert_file: Path | None = None  # default <data_dir>/pki/service.pem
+    ops_mqtt_key_file: Path | None = None  # default <data_dir>/pki/service.key
+    ops_mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    ops_mqtt_window: int = Field(default=100, ge=1, le=1000)
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_sender: str = "certwarden@localhost"
+    smtp_timeout_seconds: float = 30.0
+    smtp_ca_file: Path | None = None  # CA of the SMTP server's certificate (default: system)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -13,11 +13,16 @@ from adapters.settings import Settings
 from api import errors
 from api.errors import problem
 from api.routers import (
+    action_packages,
     audit,
     authorize,
+    backup,
     certificates,
     components,
     folders,
+    history,
+    notifications,
+    operations,
     organizations,
     policies,
 )
@@ -51,6 +56,8 @@ def create_app(cw: Certwarden | None = None, settings: Settings | None = None) -
     async def limit_body(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        if request.url.path == backup.RESTORE_PATH:
+            return await call_next(request)  # streamed to disk, capped by max_restore_bytes
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return problem(
@@ -71,6 +78,10 @@ def create_app(cw: Certwarden | None = None, settings: Settings | None = None) -
         return await call_next(request)
 
     for module in (organizations, certificates, policies, folders, audit, authorize, components):
+        app.include_router(module.router)
+    for module in (operations, action_packages, notifications):
+        app.include_router(module.router)
+    for module in (history, backup):
         app.include_router(module.router)
 
     @app.get("/api/v1/truststore", response_class=PlainTextResponse, tags=["truststore"])

@@ -22,13 +22,12 @@ application/backup.py). Writers emit keys sorted, compact, UTF-8.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, BinaryIO
+from typing import Any
 from uuid import UUID
 
 from domain.errors import InvalidInput
@@ -124,12 +123,25 @@ class EventLine:
     shared: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An event line as replay() slices it: the state is the JSON bytes from the file."""
+
+    line: int
+    originator_id: UUID
+    version: int
+    topic: str
+    state: bytes
+
+
 class ChainWriter:
     """Builds event lines and the trailer, chained from the backup's genesis hash."""
 
     def __init__(self, backup_id: str) -> None:
         self.prev = genesis(backup_id)
         self.count = 0
+        self._ids: dict[UUID, bytes] = {}  # str(uuid) is slow; aggregates repeat
+        self._topics: dict[str, bytes] = {}
 
     def event(
         self, position: int, originator_id: UUID, version: int, topic: str, state_json: bytes
@@ -145,28 +157,24 @@ class ChainWriter:
         self, pos: int, oid: UUID, version: int, topic: str, state: bytes, key: str | None
     ) -> bytes:
         shared = b'"shared":' + json.dumps(key, ensure_ascii=False).encode() + b"," if key else b""
-        body = b"".join(
-            (
-                b'{"id":"',
-                str(oid).encode(),
-                b'","pos":',
-                str(pos).encode(),
-                b',"prev":"',
-                self.prev.encode(),
-                b'","s":',
-                state,
-                b",",
-                shared,
-                b'"t":',
-                json.dumps(topic).encode(),
-                b',"v":',
-                str(version).encode(),
-                b"}",
-            )
-        )
-        line, self.prev = seal(body, self.prev)
+        ident = self._ids.get(oid)
+        if ident is None:
+            if len(self._ids) > 50_000:
+                self._ids.clear()
+            ident = self._ids[oid] = b'{"id":"' + str(oid).encode() + b'","pos":'
+        tail = self._topics.get(topic)
+        if tail is None:
+            tail = self._topics[topic] = b'"t":' + json.dumps(topic).encode() + b',"v":'
+        prev = self.prev.encode()
+        head = b"".join(
+            (ident, b"%d" % pos, b',"prev":"', prev, b'","s":', state, b",", shared, tail)
+        ) + (b"%d" % version)
+        digest = hashlib.sha256(prev)
+        digest.update(head)
+        digest.update(b"}")  # the body is head + "}"; the line puts the hash before that brace
+        self.prev = digest.hexdigest()
         self.count += 1
-        return line
+        return b"".join((head, b',"hash":"', self.prev.encode(), b'"}\n'))
 
     def trailer(self) -> bytes:
         line, self.prev = seal(
@@ -188,119 +196,3 @@ def gzip_member(lines: Iterator[bytes], level: int = 6) -> Iterator[bytes]:
                 yield out
             buffer, size = [], 0
     yield packer.compress(b"".join(buffer)) + packer.flush()
-
-
-def _raw_lines(source: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) from a gzip stream; raises BackupFormatError naming the line."""
-    number = 0
-    try:
-        with gzip.GzipFile(fileobj=source, mode="rb") as unpacked:
-            while line := unpacked.readline(MAX_LINE + 1):
-                number += 1
-                if len(line) > MAX_LINE:
-                    raise BackupFormatError(number, f"longer than {MAX_LINE >> 20} MiB")
-                if not line.endswith(b"\n"):
-                    raise BackupFormatError(number, "incomplete last line (file cut short)")
-                yield number, line
-    except EOFError:
-        raise BackupFormatError(number + 1, "the gzip stream ends early (truncated)") from None
-    except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise BackupFormatError(number + 1, f"not a readable gzip stream ({exc})") from None
-
-
-class ChainReader:
-    """Reads and verifies a backup: yields the Manifest, then each EventLine.
-
-    The trailer and the manifest's totals are checked after the last event, so only a
-    complete iteration proves the file intact. Raises BackupFormatError (with the line) for
-    any defect: gzip damage, a line over 4 MiB, invalid JSON, unexpected members, a broken
-    hash chain, a missing or mismatched trailer.
-    """
-
-    def __init__(self, loads: Callable[[bytes], Any] = json.loads) -> None:
-        self._loads = loads
-        self.manifest: Manifest | None = None
-        self.last_hash = ""
-
-    def read(self, source: BinaryIO) -> Iterator[Manifest | EventLine]:
-        lines = _raw_lines(source)
-        first = next(lines, None)
-        if first is None:
-            raise BackupFormatError(0, "the file is empty")
-        head = self._parse(*first)
-        self.manifest = manifest = Manifest.parse(head)
-        start = genesis(manifest.backup_id)
-        digest = hashlib.sha256(start.encode() + self._body(*first)).hexdigest()
-        if digest != head["hash"] or head.get("prev") != start:
-            raise BackupFormatError(1, "the manifest's hash does not match its content")
-        yield manifest
-        prev, count, trailer_seen, last_pos = start, 0, False, 0
-        first_pos: int | None = None
-        for number, raw in lines:
-            if trailer_seen:
-                raise BackupFormatError(number, "data after the trailer")
-            obj = self._parse(number, raw)
-            if obj.get("prev") != prev:
-                raise BackupFormatError(number, "out of sequence (a line was moved or removed)")
-            digest = hashlib.sha256(prev.encode() + self._body(number, raw)).hexdigest()
-            if digest != obj.get("hash"):
-                raise BackupFormatError(number, "content does not match its hash (edited)")
-            prev = digest
-            if obj.get("kind") == "trailer":
-                if obj.get("count") != count:
-                    raise BackupFormatError(number, f"trailer counts {obj.get('count')} events")
-                trailer_seen = True
-                continue
-            event = self._event(number, obj)
-            if event.position <= last_pos:
-                raise BackupFormatError(number, "positions are not in log order")
-            first_pos = event.position if first_pos is None else first_pos
-            last_pos, count = event.position, count + 1
-            yield event
-        if not trailer_seen:
-            raise BackupFormatError(0, "the trailer is missing (file cut short)")
-        expected = (manifest.event_count, manifest.last_hash, manifest.first_position)
-        if (count, prev, first_pos) != expected or (last_pos or None) != manifest.last_position:
-            raise BackupFormatError(1, "the manifest does not match the events in the file")
-        self.last_hash = prev
-
-    def _parse(self, number: int, raw: bytes) -> dict[str, Any]:
-        try:
-            obj = self._loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BackupFormatError(number, f"not valid JSON ({str(exc)[:80]})") from None
-        except Exception as exc:  # noqa: BLE001 - a decoder hook rejecting a value
-            raise BackupFormatError(number, f"undecodable value ({str(exc)[:80]})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("hash"), str):
-            raise BackupFormatError(number, "not a backup line (a JSON object with a hash)")
-        return obj
-
-    @staticmethod
-    def _body(number: int, raw: bytes) -> bytes:
-        if len(raw) <= _HASH_TAIL + 1 or raw[-_HASH_TAIL - 1 : -67] != b',"hash":"':
-            raise BackupFormatError(number, "the hash is not the line's last member")
-        return raw[: -_HASH_TAIL - 1] + b"}"
-
-    @staticmethod
-    def _event(number: int, obj: dict[str, Any]) -> EventLine:
-        keys = obj.keys() - {"shared"}
-        if keys != EVENT_KEYS:
-            raise BackupFormatError(number, f"unexpected members {sorted(keys ^ EVENT_KEYS)}")
-        pos, version, topic, state, shared = (
-            obj["pos"],
-            obj["v"],
-            obj["t"],
-            obj["s"],
-            obj.get("shared"),
-        )
-        if not (isinstance(pos, int) and isinstance(version, int) and version >= 1):
-            raise BackupFormatError(number, "pos and v must be positive integers")
-        if not isinstance(topic, str) or not isinstance(state, dict):
-            raise BackupFormatError(number, "t must be a string and s an object")
-        if shared is not None and not isinstance(shared, str):
-            raise BackupFormatError(number, "shared must be a string")
-        try:
-            oid = UUID(str(obj["id"]))
-        except ValueError:
-            raise BackupFormatError(number, "id is not a UUID") from None
-        return EventLine(number, pos, oid, version, topic, state, shared)

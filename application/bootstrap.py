@@ -25,8 +25,8 @@ from projections.decision_log import SqlDecisionLog
 from projections.lookup import LookupProjection, LookupTable
 from projections.operation_outcomes import OutcomeStore
 from projections.operations import OperationsProjection
-from projections.operations_view import OperationsView
-from projections.principals import PrincipalsProjection
+from projections.operations_view import OperationsView, RunPages
+from projections.principals import PrincipalsProjection, PrincipalsView
 from projections.runner import ProjectionRunner
 from projections.trust_anchors import TrustAnchorProjection
 
@@ -55,6 +55,7 @@ class Certwarden:
     executor: RunExecutor
     workers: DramatiqWorkers
     scheduler: Scheduler
+    principals: PrincipalsView
     background: bool = False
 
     def start(self, background: bool = True) -> None:
@@ -152,7 +153,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     )
     operations = OperationsView(db)
     outcomes = OutcomeStore(db)
-    executor, workers, scheduler = _operations(settings, registry, catalogue, operations, outcomes)
+    executor, workers, scheduler = _operations(settings, registry, operations, outcomes)
     return Certwarden(
         settings=settings,
         registry=registry,
@@ -172,13 +173,13 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         executor=executor,
         workers=workers,
         scheduler=scheduler,
+        principals=PrincipalsView(db),
     )
 
 
 def _operations(
     s: Settings,
     registry: Registry,
-    catalogue: CatalogueView,
     view: OperationsView,
     outcomes: OutcomeStore,
 ) -> tuple[RunExecutor, DramatiqWorkers, Scheduler]:
@@ -209,7 +210,7 @@ def _operations(
     limits = RunLimits(s.ops_page_size, s.ops_ack_timeout_seconds, s.ops_lease_seconds)
     executor = RunExecutor(
         registry,
-        catalogue,
+        RunPages(view.db),
         outcomes,
         lambda: PahoCommandPublisher(target),
         mailer,

@@ -34,7 +34,9 @@ def utc_text(moment: datetime) -> str:
     """Fixed-width UTC text, so that string order is time order in every database."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    elif moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC).isoformat(timespec="microseconds")
 
 
 def parse_instant(value: str, what: str = "time") -> datetime:

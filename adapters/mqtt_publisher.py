@@ -1,0 +1,207 @@
+"""PahoCommandPublisher: the CommandPublisher port over paho-mqtt (QoS 1 fan-out with a window)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from application.ports import PublishError
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTarget:
+    """Where and as whom to publish. With TLS, cert/key are certwarden's service identity."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    protocol: str = "5"  # "5" or "3.1.1"
+    client_id_prefix: str = "certwarden-ops"
+    window: int = 100
+    keepalive: int = 30
+    connect_timeout: float = 10.0
+
+
+def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Small QoS 1 messages on loopback crawl under Nagle's algorithm (see findings)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+class PahoCommandPublisher:
+    """At most `window` QoS>0 messages in flight (paho scans its in-flight list on every
+    acknowledgement: ~100 is the sweet spot measured on loopback). With MQTT 5 the window
+    is capped at the broker's Receive Maximum, and a PUBACK reason code >= 0x80 (e.g. Not
+    authorized) is reported as a failure instead of passing silently."""
+
+    def __init__(self, target: MqttTarget) -> None:
+        self.target = target
+        self._client: mqtt.Client | None = None
+        self._cond = threading.Condition()
+        self._window = threading.Semaphore(target.window)
+        self._pending: dict[int, tuple[int, str]] = {}  # mid -> (sequence, topic) until acked
+        self._sequence = 0  # messages published so far
+        self._waiting_for = 0  # wait_acked's mark ...
+        self._outstanding = 0  # ... and how many messages up to it are unacknowledged
+        self._early: set[int] = set()  # acknowledged before publish() returned the mid
+        self._connected = threading.Event()
+        self._error: str | None = None
+        self._closing = False
+
+    # -- callbacks (paho network thread) ---------------------------------------
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        if rc.is_failure:
+            self._error = f"broker refused the connection: {rc}"
+        else:
+            receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+            if receive_max and receive_max < self.target.window:
+                for _ in range(self.target.window - int(receive_max)):
+                    self._window.acquire(blocking=False)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        if not self._closing:
+            with self._cond:
+                self._error = self._error or f"connection to the broker lost: {rc}"
+                self._cond.notify_all()
+        self._connected.set()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any
+    ) -> None:
+        with self._cond:
+            entry = self._pending.pop(mid, None)
+            if entry is None:
+                self._early.add(mid)
+            topic = entry[1] if entry else "?"
+            failed = getattr(rc, "is_failure", False)
+            if failed:
+                self._error = self._error or f"broker refused the publish to {topic!r}: {rc}"
+            if entry is not None and entry[0] <= self._waiting_for:
+                self._outstanding -= 1
+            if failed or (self._waiting_for and self._outstanding <= 0):
+                self._cond.notify_all()
+        self._window.release()
+
+    # -- port -----------------------------------------------------------------
+    def open(self) -> None:
+        t = self.target
+        protocol = mqtt.MQTTv5 if t.protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{t.client_id_prefix}-{uuid.uuid4().hex[:12]}",
+            protocol=protocol,
+            clean_session=True if protocol == mqtt.MQTTv311 else None,
+        )
+        client.max_inflight_messages_set(t.window)
+        client.max_queued_messages_set(0)
+        if t.tls:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=t.ca_file)
+            if t.cert_file:
+                context.load_cert_chain(t.cert_file, t.key_file)
+            client.tls_set_context(context)
+        client.on_socket_open = _nodelay
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        try:
+            client.connect(t.host, t.port, t.keepalive)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise PublishError(f"broker {t.host}:{t.port} unreachable: {exc}") from None
+        client.loop_start()
+        self._client = client
+        if not self._connected.wait(t.connect_timeout):
+            self.close()
+            raise PublishError(f"broker {t.host}:{t.port} did not answer CONNECT in time")
+        if self._error:
+            error = self._error
+            self.close()
+            raise PublishError(error)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        client = self._client
+        if client is None:
+            raise PublishError("publisher is not open")
+        deadline = time.monotonic() + self.target.connect_timeout * 3
+        while not self._window.acquire(timeout=0.2):
+            if self._error:
+                raise PublishError(self._error)
+            if time.monotonic() > deadline:
+                raise PublishError("no acknowledgement from the broker: in-flight window full")
+        if self._error:
+            self._window.release()
+            raise PublishError(self._error)
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self._window.release()
+            raise PublishError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
+        with self._cond:
+            self._sequence += 1
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+            else:
+                self._pending[info.mid] = (self._sequence, topic)
+
+    def mark(self) -> int:
+        with self._cond:
+            return self._sequence
+
+    def _unacked_through(self, mark: int) -> int:
+        return sum(1 for sequence, _ in self._pending.values() if sequence <= mark)
+
+    def wait_acked(self, mark: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._waiting_for = mark
+            self._outstanding = self._unacked_through(mark)
+            try:
+                while not self._error and self._outstanding > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        missing = self._outstanding
+                        raise PublishError(
+                            f"{missing} message(s) unacknowledged after {timeout:g}s"
+                        )
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting_for = 0
+            if self._error:
+                raise PublishError(self._error)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        self._closing = True
+        try:
+            client.disconnect()
+        finally:
+            client.loop_stop()
+
+
+class FileServerCertificate:
+    """ServerCertificate port: the server CA PEM the broker runtime writes under data_dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pem(self) -> str:
+        return self.path.read_text(encoding="utf-8")
