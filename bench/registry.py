@@ -35,7 +35,9 @@ PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 ACTOR = Actor.system("bench")
 
 
-def device_pems(n: int, issuer_key: ec.EllipticCurvePrivateKey, issuer_name: x509.Name) -> list[bytes]:
+def device_pems(
+    n: int, issuer_key: ec.EllipticCurvePrivateKey, issuer_name: x509.Name
+) -> list[bytes]:
     """n device certificates signed by one CA (one shared device key: signing is what costs)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
@@ -43,7 +45,9 @@ def device_pems(n: int, issuer_key: ec.EllipticCurvePrivateKey, issuer_name: x50
     for i in range(n):
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dev-{uuid.uuid4().hex}-{i}")]))
+            .subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dev-{uuid.uuid4().hex}-{i}")])
+            )
             .issuer_name(issuer_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -61,8 +65,13 @@ def make_root() -> tuple[ec.EllipticCurvePrivateKey, x509.Name, bytes]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench-root-{uuid.uuid4().hex}")])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=3650))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -73,7 +82,9 @@ def raw_psycopg_rows(n: int, payload: int) -> float:
     """Baseline: raw psycopg, one INSERT per transaction, rows of the same size. Returns rows/s."""
     table = f"bench_raw_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {table} (id uuid PRIMARY KEY, version int, topic text, state bytea)")
+        conn.execute(
+            f"CREATE TABLE {table} (id uuid PRIMARY KEY, version int, topic text, state bytea)"
+        )
         blob = b"x" * payload
         start = time.perf_counter()
         for _ in range(n):
@@ -89,13 +100,23 @@ def raw_psycopg_rows(n: int, payload: int) -> float:
 
 def bench_import_and_catch_up(n_certs: int, n_events: int) -> None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    settings = Settings(store="postgres", postgres_db="test", postgres_schema=schema,
-                        data_dir=Path(tempfile.mkdtemp()))
+    settings = Settings(
+        store="postgres",
+        postgres_db="test",
+        postgres_schema=schema,
+        data_dir=Path(tempfile.mkdtemp()),
+    )
     cw = bootstrap(settings)
     cw.start(background=False)
     try:
         org = cw.registry.create_organization("bench", ACTOR).uid
-        cw.registry.create_policy(org, "devices", "Devices", [{"topics": ["${org.uid}/feed/#"], "actions": ["PUBLISH"]}], ACTOR)
+        cw.registry.create_policy(
+            org,
+            "devices",
+            "Devices",
+            [{"topics": ["${org.uid}/feed/#"], "actions": ["PUBLISH"]}],
+            ACTOR,
+        )
         key, name, root_pem = make_root()
         cw.registry.import_certificates(org, root_pem, ACTOR)
         print(f"minting {n_certs} device certificates ...", flush=True)
@@ -103,14 +124,20 @@ def bench_import_and_catch_up(n_certs: int, n_events: int) -> None:
         before = cw.registry.max_position()
         start = time.perf_counter()
         for i in range(0, n_certs, 100):
-            cw.registry.import_certificates(org, b"".join(pems[i:i + 100]), ACTOR, policy_id="devices")
+            cw.registry.import_certificates(
+                org, b"".join(pems[i : i + 100]), ACTOR, policy_id="devices"
+            )
         elapsed = time.perf_counter() - start
         events = cw.registry.max_position() - before
         baseline = raw_psycopg_rows(min(n_certs, 5000), 900)
-        print(f"import: {n_certs} certificates, {events} events in {elapsed:.2f}s = "
-              f"{events / elapsed:,.0f} events/s ({n_certs / elapsed:,.0f} certs/s)")
+        print(
+            f"import: {n_certs} certificates, {events} events in {elapsed:.2f}s = "
+            f"{events / elapsed:,.0f} events/s ({n_certs / elapsed:,.0f} certs/s)"
+        )
         print(f"  baseline raw psycopg, one row per transaction: {baseline:,.0f} rows/s")
-        print(f"  ratio events/s : raw rows/s = {events / elapsed / baseline:.2f}x (target >= 1.0x)")
+        print(
+            f"  ratio events/s : raw rows/s = {events / elapsed / baseline:.2f}x (target >= 1.0x)"
+        )
 
         # fill the log up to n_events with ordinary certificate changes
         cw.sync()
@@ -135,8 +162,10 @@ def bench_import_and_catch_up(n_certs: int, n_events: int) -> None:
         start = time.perf_counter()
         processed = cw.runner.rebuild()
         elapsed = time.perf_counter() - start
-        print(f"projection catch-up (lookup + catalogue + audit, from zero): {processed} events in "
-              f"{elapsed:.2f}s = {processed / elapsed:,.0f} events/s (target >= 10,000); log size {total}")
+        print(
+            f"projection catch-up (lookup + catalogue + audit, from zero): {processed} events in "
+            f"{elapsed:.2f}s = {processed / elapsed:,.0f} events/s (target >= 10,000); log size {total}"
+        )
     finally:
         cw.close()
         with psycopg.connect(PG, autocommit=True) as conn:
@@ -166,9 +195,24 @@ def bench_decisions(n_certs: int, n_policies: int, n_decisions: int) -> None:
     for i in range(n_policies):
         org = orgs[i % len(orgs)]
         sets = [
-            {"topics": ["${org.uid}/feed/cid/${component.id}/#", f"${{org.uid}}/site-{i}/+/status"], "actions": ["PUBLISH"]},
-            {"topics": ["${org.uid}/cid/${client.id}/reply", "${org.uid}/manage/cert/+/cid/${component.id}"], "actions": ["SUBSCRIBE"]},
-            {"topics": [f"${{org.uid}}/exact/topic/{i}"], "actions": ["PUBLISH", "PUBLISH_RETAIN_MESSAGE"]},
+            {
+                "topics": [
+                    "${org.uid}/feed/cid/${component.id}/#",
+                    f"${{org.uid}}/site-{i}/+/status",
+                ],
+                "actions": ["PUBLISH"],
+            },
+            {
+                "topics": [
+                    "${org.uid}/cid/${client.id}/reply",
+                    "${org.uid}/manage/cert/+/cid/${component.id}",
+                ],
+                "actions": ["SUBSCRIBE"],
+            },
+            {
+                "topics": [f"${{org.uid}}/exact/topic/{i}"],
+                "actions": ["PUBLISH", "PUBLISH_RETAIN_MESSAGE"],
+            },
         ]
         policies.append(PolicyRow(org, f"p{i}", sets, False))
     now = time.time()
@@ -176,12 +220,28 @@ def bench_decisions(n_certs: int, n_policies: int, n_decisions: int) -> None:
     for i in range(n_certs):
         policy = policies[i % n_policies]
         fp = hashlib.sha256(f"cert-{i}".encode()).hexdigest()
-        certs.append(CertRow(str(uuid.uuid4()), policy.org_uid, fp, f"dev-{i}", True, "", now - 3600,
-                             now + 86400, policy.policy_id, "127.0.0.1", f"comp-{i}", False))
+        certs.append(
+            CertRow(
+                str(uuid.uuid4()),
+                policy.org_uid,
+                fp,
+                f"dev-{i}",
+                True,
+                "",
+                now - 3600,
+                now + 86400,
+                policy.policy_id,
+                "127.0.0.1",
+                f"comp-{i}",
+                False,
+            )
+        )
     index = AuthzIndex(_Rows(certs, policies))
     start = time.perf_counter()
     index.refresh()
-    print(f"index load: {n_certs} certificates, {n_policies} policies in {time.perf_counter() - start:.2f}s")
+    print(
+        f"index load: {n_certs} certificates, {n_policies} policies in {time.perf_counter() - start:.2f}s"
+    )
     authz = Authorization(index)
     # live sessions: 10,000 connected devices (each with its own client id) decide repeatedly
     sessions = [certs[(i * 7919) % n_certs] for i in range(10_000)]
@@ -190,13 +250,38 @@ def bench_decisions(n_certs: int, n_policies: int, n_decisions: int) -> None:
         row = sessions[i % len(sessions)]
         kind = (i // len(sessions)) % 4
         if kind == 0:
-            req = AccessRequest(row.fingerprint, row.certificate_id[:8], "127.0.0.1", Action.PUBLISH, f"{row.org_uid}/feed/cid/{row.pinned_component}/sid/{i % 10}")
+            req = AccessRequest(
+                row.fingerprint,
+                row.certificate_id[:8],
+                "127.0.0.1",
+                Action.PUBLISH,
+                f"{row.org_uid}/feed/cid/{row.pinned_component}/sid/{i % 10}",
+            )
         elif kind == 1:
-            req = AccessRequest(row.fingerprint, row.certificate_id[:8], "127.0.0.1", Action.RECEIVE, f"{row.org_uid}/cid/{row.certificate_id[:8]}/reply")
+            req = AccessRequest(
+                row.fingerprint,
+                row.certificate_id[:8],
+                "127.0.0.1",
+                Action.RECEIVE,
+                f"{row.org_uid}/cid/{row.certificate_id[:8]}/reply",
+            )
         elif kind == 2:
-            req = AccessRequest(row.fingerprint, row.certificate_id[:8], "127.0.0.1", Action.PUBLISH, f"{row.org_uid}/elsewhere/{i}")
+            req = AccessRequest(
+                row.fingerprint,
+                row.certificate_id[:8],
+                "127.0.0.1",
+                Action.PUBLISH,
+                f"{row.org_uid}/elsewhere/{i}",
+            )
         else:
-            req = AccessRequest(row.fingerprint, row.certificate_id[:8], "127.0.0.1", Action.PUBLISH, f"{row.org_uid}/exact/topic/{i % n_policies}", retain=True)
+            req = AccessRequest(
+                row.fingerprint,
+                row.certificate_id[:8],
+                "127.0.0.1",
+                Action.PUBLISH,
+                f"{row.org_uid}/exact/topic/{i % n_policies}",
+                retain=True,
+            )
         requests.append(req)
     authorize = authz.authorize
     for req in requests[:20000]:
@@ -222,10 +307,14 @@ def bench_decisions(n_certs: int, n_policies: int, n_decisions: int) -> None:
     for k in keys:
         table.get(k)
     dict_rate = len(keys) / (time.perf_counter() - start)
-    print(f"decisions: {rate:,.0f}/s on one core ({allowed} allowed of {n_decisions}), "
-          f"p50 {p50:.1f} us, p99 {p99:.1f} us (targets >= 200,000/s, p99 <= 20 us)")
-    print(f"  baseline empty dict lookup loop: {dict_rate:,.0f}/s; decision cost = "
-          f"{dict_rate / rate:.1f}x a dict lookup; mean {statistics.fmean(samples) / 1000:.2f} us")
+    print(
+        f"decisions: {rate:,.0f}/s on one core ({allowed} allowed of {n_decisions}), "
+        f"p50 {p50:.1f} us, p99 {p99:.1f} us (targets >= 200,000/s, p99 <= 20 us)"
+    )
+    print(
+        f"  baseline empty dict lookup loop: {dict_rate:,.0f}/s; decision cost = "
+        f"{dict_rate / rate:.1f}x a dict lookup; mean {statistics.fmean(samples) / 1000:.2f} us"
+    )
 
 
 def main() -> None:
