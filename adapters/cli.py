@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -64,6 +64,7 @@ def serve(
         runtime = BrokerRuntime(cw, settings)
         runtime.start()
     cw.start_operations()
+    _watch_rolls(cw)
     base = f"http://{settings.http_host}:{settings.http_port}"
     console.rule("certwarden")
     console.print(f"store: {settings.store} ({settings.data_dir})")
@@ -91,6 +92,22 @@ def serve(
         if runtime is not None:
             runtime.stop()
         cw.close()
+
+
+def _watch_rolls(cw: Any, every: float = 60.0) -> None:
+    """Raise a notification for rolls not completed within the configured time."""
+    import threading
+    import time
+
+    def loop() -> None:
+        while True:
+            try:
+                cw.notify_stuck_rolls(time.time(), cw.settings.roll_timeout_seconds)
+            except Exception:  # keep watching; the failure is logged
+                logging.getLogger(__name__).exception("roll watch failed")
+            time.sleep(every)
+
+    threading.Thread(target=loop, name="roll-watch", daemon=True).start()
 
 
 @app.command()

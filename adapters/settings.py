@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_restore_bytes: int = Field(default=16 << 30, ge=1024)  # POST /api/v1/restore (to disk)
     projection_poll_seconds: float = 0.2
 
+    roll_timeout_seconds: float = Field(
+        default=86400, gt=0, description="a roll not retired within this raises a notification"
+    )
     broker_enabled: bool = Field(default=True, description="serve starts Mosquitto + plugin")
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 8883

@@ -25,6 +25,7 @@ from api.routers import (
     operations,
     organizations,
     policies,
+    rolls,
 )
 from application.bootstrap import Certwarden, bootstrap
 
@@ -79,7 +80,7 @@ def create_app(cw: Certwarden | None = None, settings: Settings | None = None) -
 
     for module in (organizations, certificates, policies, folders, audit, authorize, components):
         app.include_router(module.router)
-    for module in (operations, action_packages, notifications):
+    for module in (operations, action_packages, notifications, rolls):
         app.include_router(module.router)
     for module in (history, backup):
         app.include_router(module.router)

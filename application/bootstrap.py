@@ -16,6 +16,8 @@ from application.enforcement import Enforcement
 from application.operation_runs import RunExecutor, RunLimits
 from application.operations import SystemClock
 from application.registry import Registry
+from domain.meta import Actor
+from domain.notification import NotificationKind, Severity
 from projections.audit import AuditProjection, AuditView
 from projections.catalogue import CatalogueProjection
 from projections.catalogue_view import CatalogueView
@@ -27,6 +29,7 @@ from projections.operation_outcomes import OutcomeStore
 from projections.operations import OperationsProjection
 from projections.operations_view import OperationsView, RunPages
 from projections.principals import PrincipalsProjection, PrincipalsView
+from projections.roll_tracking import RollRequestLog, RollTrackingProjection, RollTrackingView
 from projections.runner import ProjectionRunner
 from projections.trust_anchors import TrustAnchorProjection
 
@@ -56,6 +59,7 @@ class Certwarden:
     workers: DramatiqWorkers
     scheduler: Scheduler
     principals: PrincipalsView
+    rolls: RollTrackingView
     background: bool = False
 
     def start(self, background: bool = True) -> None:
@@ -73,6 +77,22 @@ class Certwarden:
         self.workers.sweep(grace_seconds=0)
         if self.settings.scheduler_in_process:
             self.scheduler.start()
+
+    def notify_stuck_rolls(self, now: float, timeout_seconds: float) -> int:
+        """Raise one system notification per roll not completed in time; returns how many."""
+        stuck = self.rolls.stuck(now, timeout_seconds)
+        for roll in stuck:
+            self.registry.raise_notification(
+                roll["org_uid"],
+                NotificationKind.ROLL_STUCK,
+                f"certificate {roll['certificate_id']} was asked to roll (run {roll['run_id']})"
+                f" {int((now - roll['requested_at']) // 60)} min ago and is not retired yet",
+                Actor.system("roll-watch"),
+                severity=Severity.WARNING,
+                context={"certificate_id": roll["certificate_id"], "run_id": roll["run_id"]},
+            )
+        self.rolls.mark_notified([r["certificate_id"] for r in stuck], now)
+        return len(stuck)
 
     def sync(self) -> None:
         """Foreground catch-up (tests, CLI): read models and index reflect every saved event."""
@@ -129,6 +149,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
             ComponentsProjection(),
             trust_anchors,
             PrincipalsProjection(),
+            RollTrackingProjection(),
             OperationsProjection(),
         ],
         poll_interval=settings.projection_poll_seconds,
@@ -152,7 +173,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         dependents=lookup.dependents,
     )
     operations = OperationsView(db)
-    outcomes = OutcomeStore(db)
+    outcomes = RollRequestLog(db)  # the outcome store, also noting roll commands sent
     executor, workers, scheduler = _operations(settings, registry, operations, outcomes)
     return Certwarden(
         settings=settings,
@@ -174,6 +195,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         workers=workers,
         scheduler=scheduler,
         principals=PrincipalsView(db),
+        rolls=RollTrackingView(db),
     )
 
 

@@ -16,6 +16,7 @@ class NotificationKind(StrEnum):
     CERTIFICATE_FAILURES = "certificate-failures"
     WORKER_CRASH = "worker-crash"
     RUN_FAILED = "run-failed"
+    ROLL_STUCK = "roll-stuck"
 
 
 class Severity(StrEnum):
