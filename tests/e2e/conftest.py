@@ -62,6 +62,7 @@ def stack() -> Iterator[Stack]:
     cw.start()
     runtime = BrokerRuntime(cw, settings)
     runtime.start()
+    cw.start_operations()  # in-process worker publishing through this broker
     try:
         assert runtime.pki is not None
         yield Stack(cw, runtime, settings.mqtt_port, runtime.pki.ca_cert_path, tmp)
