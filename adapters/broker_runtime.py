@@ -21,6 +21,7 @@ from adapters.mosquitto.pki import (
     subject_hash,
     write_capath,
 )
+from adapters.reply_publisher import PahoReplyPublisher
 from adapters.settings import Settings
 from application.bootstrap import Certwarden
 
@@ -109,6 +110,7 @@ class BrokerRuntime:
     service: ServiceIdentity | None = None
     authz: AuthzSocketServer | None = None
     mosquitto: MosquittoProcess | None = None
+    replies: PahoReplyPublisher | None = None
     started: list[str] = field(default_factory=list)
 
     def prepare(self) -> ServiceIdentity:
@@ -153,6 +155,14 @@ class BrokerRuntime:
         )
         self.mosquitto = MosquittoProcess.from_config(config, directory / "mosquitto.conf")
         self.mosquitto.start()
+        self.replies = PahoReplyPublisher(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            service.ca_path,
+            service.cert_path,
+            service.key_path,
+        )
+        self.cw.enforcement.replies = self.replies
         log.info(
             "mosquitto on %s:%s, service principal %s",
             config.bind_address,
@@ -161,6 +171,9 @@ class BrokerRuntime:
         )
 
     def stop(self) -> None:
+        self.cw.enforcement.replies = None
+        if self.replies is not None:
+            self.replies.close()
         if self.mosquitto is not None:
             self.mosquitto.stop()
         if self.authz is not None:

@@ -7,6 +7,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,18 @@ class PahoCommandPublisher:
     """At most `window` QoS>0 messages in flight (paho scans its in-flight list on every
     acknowledgement: ~100 is the sweet spot measured on loopback). With MQTT 5 the window
     is capped at the broker's Receive Maximum, and a PUBACK reason code >= 0x80 (e.g. Not
-    authorized) is reported as a failure instead of passing silently."""
+    authorized) is reported as a failure instead of passing silently.
+
+    The hot path takes no lock of its own: publish() appends paho's MessageInfo to a deque
+    (thread-safe), the network thread only releases a window slot, and wait_acked() reads
+    the MessageInfos paho marks as published."""
 
     def __init__(self, target: MqttTarget) -> None:
         self.target = target
         self._client: mqtt.Client | None = None
-        self._cond = threading.Condition()
         self._window = threading.Semaphore(target.window)
-        self._pending: dict[int, tuple[int, str]] = {}  # mid -> (sequence, topic) until acked
+        self._infos: deque[tuple[int, mqtt.MQTTMessageInfo]] = deque()  # (sequence, info)
         self._sequence = 0  # messages published so far
-        self._waiting_for = 0  # wait_acked's mark ...
-        self._outstanding = 0  # ... and how many messages up to it are unacknowledged
-        self._early: set[int] = set()  # acknowledged before publish() returned the mid
         self._connected = threading.Event()
         self._error: str | None = None
         self._closing = False
@@ -79,26 +80,14 @@ class PahoCommandPublisher:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
         if not self._closing:
-            with self._cond:
-                self._error = self._error or f"connection to the broker lost: {rc}"
-                self._cond.notify_all()
+            self._error = self._error or f"connection to the broker lost: {rc}"
         self._connected.set()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any
     ) -> None:
-        with self._cond:
-            entry = self._pending.pop(mid, None)
-            if entry is None:
-                self._early.add(mid)
-            topic = entry[1] if entry else "?"
-            failed = getattr(rc, "is_failure", False)
-            if failed:
-                self._error = self._error or f"broker refused the publish to {topic!r}: {rc}"
-            if entry is not None and entry[0] <= self._waiting_for:
-                self._outstanding -= 1
-            if failed or (self._waiting_for and self._outstanding <= 0):
-                self._cond.notify_all()
+        if getattr(rc, "is_failure", False) and self._error is None:
+            self._error = f"broker refused publish (message id {mid}): {rc}"
         self._window.release()
 
     # -- port -----------------------------------------------------------------
@@ -153,38 +142,30 @@ class PahoCommandPublisher:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._window.release()
             raise PublishError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
-        with self._cond:
-            self._sequence += 1
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-            else:
-                self._pending[info.mid] = (self._sequence, topic)
+        self._sequence += 1
+        self._infos.append((self._sequence, info))
 
     def mark(self) -> int:
-        with self._cond:
-            return self._sequence
-
-    def _unacked_through(self, mark: int) -> int:
-        return sum(1 for sequence, _ in self._pending.values() if sequence <= mark)
+        return self._sequence
 
     def wait_acked(self, mark: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._waiting_for = mark
-            self._outstanding = self._unacked_through(mark)
-            try:
-                while not self._error and self._outstanding > 0:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        missing = self._outstanding
-                        raise PublishError(
-                            f"{missing} message(s) unacknowledged after {timeout:g}s"
-                        )
-                    self._cond.wait(remaining)
-            finally:
-                self._waiting_for = 0
-            if self._error:
-                raise PublishError(self._error)
+        while self._infos and self._infos[0][0] <= mark:
+            info = self._infos[0][1]
+            while not info.is_published():
+                remaining = deadline - time.monotonic()
+                if self._error is None and remaining <= 0:
+                    missing = sum(1 for q, i in self._infos if q <= mark and not i.is_published())
+                    self._error = f"{missing} message(s) unacknowledged after {timeout:g}s"
+                if self._error:
+                    raise PublishError(self._error)
+                try:
+                    info.wait_for_publish(min(remaining, 0.2))
+                except (ValueError, RuntimeError) as exc:
+                    raise PublishError(str(exc)) from None
+            self._infos.popleft()
+        if self._error:
+            raise PublishError(self._error)
 
     def close(self) -> None:
         client, self._client = self._client, None

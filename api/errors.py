@@ -63,7 +63,7 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
     return problem(400, "bad-request", "Bad request", exc.detail)
 
 
-PUBLIC_EXTRA = {"index", "certificate_id", "version", "certificates"}
+PUBLIC_EXTRA = {"index", "certificate_id", "version", "certificates", "line", "conflicts"}
 
 
 def _validation(request: Request, exc: Exception) -> JSONResponse:

@@ -11,11 +11,12 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from application.ports import PolicyUsage, ProjectionSync
-from domain.errors import Conflict, NotFound, PreconditionFailed
+from domain.errors import ConcurrentChange, NotFound, PreconditionFailed
 from domain.organization import Organization, org_uuid
 from domain.reservation import Reservation, reservation_id
 
 A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
 
 
 class _NoUsage:
@@ -57,11 +58,22 @@ class RegistryBase(Application[UUID]):
         try:
             recordings = self.save(*aggregates)
         except IntegrityError:
-            raise Conflict("a concurrent change touched the same entity; retry") from None
+            raise ConcurrentChange("a concurrent change touched the same entity; retry") from None
         position = max((r.notification.id for r in recordings), default=0)
         for listener in self._listeners:
             listener(position)
         return position
+
+    @staticmethod
+    def retrying(command: Callable[[], T], attempts: int = 3) -> T:
+        """Run a load-modify-save command again when a concurrent writer won the race
+        (optimistic concurrency: nothing of the losing attempt was written)."""
+        for _ in range(attempts - 1):
+            try:
+                return command()
+            except ConcurrentChange:
+                continue
+        return command()
 
     def get_typed(self, cls: type[A], aggregate_id: UUID | str, what: str) -> A:
         """Load an aggregate of the given type; raises NotFound."""

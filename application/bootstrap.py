@@ -16,6 +16,7 @@ from application.enforcement import Enforcement
 from application.operation_runs import RunExecutor, RunLimits
 from application.operations import SystemClock
 from application.registry import Registry
+from application.side_effects import Background
 from domain.meta import Actor
 from domain.notification import NotificationKind, Severity
 from projections.audit import AuditProjection, AuditView
@@ -96,10 +97,12 @@ class Certwarden:
 
     def sync(self) -> None:
         """Foreground catch-up (tests, CLI): read models and index reflect every saved event."""
+        self.enforcement.effects.drain()
         self.runner.wait(self.registry.max_position())
         self.index.refresh()
 
     def close(self) -> None:
+        self.enforcement.effects.close()  # pending pins/registrations finish before the store closes
         self.scheduler.stop()
         self.workers.stop()
         self.runner.stop()
@@ -161,8 +164,12 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     registry.projections = runner
     registry.on_saved(runner.poke)
     lookup_projection.listeners.append(index.refresh)
+    effects = Background()
     authorization = Authorization(
-        index, on_first_connect=lambda cert_id, ip: registry.pin_host_on_first_connect(cert_id, ip)
+        index,
+        on_first_connect=lambda cert_id, ip: effects.submit(
+            registry.pin_host_on_first_connect, cert_id, ip
+        ),
     )
     decisions = SqlDecisionLog(db)
     enforcement = Enforcement(
@@ -171,6 +178,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         decisions,
         rolling=registry,
         dependents=lookup.dependents,
+        effects=effects,
     )
     operations = OperationsView(db)
     outcomes = RollRequestLog(db)  # the outcome store, also noting roll commands sent

@@ -235,6 +235,20 @@ class CertificateCommands(PolicyCommands, RegistryBase):
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        if expected_version is None:  # a background pin may race us: reload and apply again
+            return self.retrying(
+                lambda: self._update(org_uid, certificate_id, changes, actor, None)
+            )
+        return self._update(org_uid, certificate_id, changes, actor, expected_version)
+
+    def _update(
+        self,
+        org_uid: str,
+        certificate_id: str,
+        changes: dict[str, Any],
+        actor: Actor,
+        expected_version: int | None,
+    ) -> Certificate:
         cert = self.certificate(org_uid, certificate_id)
         self.check_version(cert.version, expected_version)
         meta = actor.meta()
@@ -293,6 +307,9 @@ class CertificateCommands(PolicyCommands, RegistryBase):
     def pin_host_on_first_connect(self, certificate_id: str, ip: str, request_id: str = "") -> None:
         """A successful connect: pins the host if the pin is empty (HostPinned) and records the
         first connect ever (FirstSeen), both with the certificate as actor, in one save."""
+        self.retrying(lambda: self._pin_once(certificate_id, ip, request_id))
+
+    def _pin_once(self, certificate_id: str, ip: str, request_id: str) -> None:
         cert = self.get_typed(Certificate, certificate_id, "certificate")
         if cert.deleted or (cert.pinned_host is not None and cert.seen):
             return
@@ -300,13 +317,13 @@ class CertificateCommands(PolicyCommands, RegistryBase):
         if cert.pinned_host is None:
             cert.pin_host(ip, actor.meta())
         cert.record_first_seen(ip, actor.meta())
-        try:
-            self.commit(cert)
-        except Conflict:
-            pass  # a concurrent connect of the same certificate recorded it first
+        self.commit(cert)
 
     def delete_certificate(self, org_uid: str, certificate_id: str, actor: Actor) -> None:
         """Emits Certificate.Deleted and frees its DN reservations (history stays)."""
+        self.retrying(lambda: self._delete(org_uid, certificate_id, actor))
+
+    def _delete(self, org_uid: str, certificate_id: str, actor: Actor) -> None:
         cert = self.certificate(org_uid, certificate_id)
         cert.delete(actor.meta())
         owner = str(cert.id)

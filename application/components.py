@@ -82,6 +82,13 @@ class ComponentCommands(FolderCommands):
         Returns what happened: "exists", "registered", "pinned", "no-template", "template-missing".
         Emits Component.Registered, Folder.Created, Certificate.ComponentPinned.
         """
+        return self.retrying(
+            lambda: self._register_once(certificate_id, component_id, source_ip, request_id)
+        )
+
+    def _register_once(
+        self, certificate_id: str, component_id: str, source_ip: str, request_id: str
+    ) -> str:
         cert = self.get_typed(Certificate, certificate_id, "certificate")
         org_uid = cert.org_uid
         actor = Actor(ActorKind.CERTIFICATE, certificate_id, org_uid, request_id, source_ip)
@@ -113,8 +120,5 @@ class ComponentCommands(FolderCommands):
             to_save.append(cert)
             outcome = "pinned" if outcome == "exists" else outcome
         if to_save:
-            try:
-                self.commit(*to_save)
-            except Conflict:
-                return "exists"  # a concurrent first publish registered it
+            self.commit(*to_save)  # a concurrent first publish: ConcurrentChange, retried
         return outcome

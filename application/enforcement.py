@@ -26,6 +26,7 @@ from application.ports import (
     Publish,
 )
 from application.rolling import RollResult
+from application.side_effects import Background
 from domain.component import COMPONENT_ID
 from domain.errors import DomainError
 from domain.x509 import fingerprint_of_der
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 MAX_KNOWN = 500_000
 MAX_REQUEST = 64 * 1024
+
+
+class ReplyPublisher(Protocol):
+    """Publishes certwarden's replies to devices (certwarden's own MQTT identity)."""
+
+    def publish(self, message: Publish) -> None: ...
 
 
 class RollingPort(Protocol):
@@ -65,6 +72,11 @@ def reply_topic(org_uid: str, component_id: str) -> str:
     return f"{org_uid}/cid/{component_id}/reply"
 
 
+def is_reply_topic(org_uid: str, topic: str) -> bool:
+    levels = topic.split("/")
+    return len(levels) == 4 and levels[0] == org_uid and levels[1] == "cid" and levels[3] == "reply"
+
+
 class Enforcement:
     """Implements the Authorizer port for broker adapters."""
 
@@ -76,8 +88,13 @@ class Enforcement:
         clock: Callable[[], float] = time.time,
         rolling: RollingPort | None = None,
         dependents: Callable[[str], int] | None = None,
+        effects: Background | None = None,
     ) -> None:
         self.authorization = authorization
+        self.effects = effects or Background()
+        # set by the broker runtime: replies to slow requests go out through certwarden's
+        # own MQTT identity instead of making the broker wait for the event store
+        self.replies: ReplyPublisher | None = None
         self.rolling = rolling
         self._register = register_on_feed
         self._decisions = decisions
@@ -154,18 +171,63 @@ class Enforcement:
         request = AccessRequest(fingerprint, client_id, peer_ip, Action.PUBLISH, topic)
         if not self.authorization.authorize(request).allowed or not COMPONENT_ID.match(component):
             return []
+        if self.replies is not None:  # slow: the event store; never on the broker's thread
+            target = self._may_receive(fingerprint, client_id, peer_ip, response_topic)
+            if target is not None and not is_reply_topic(org, target):
+                target = None  # certwarden's identity publishes only to reply topics
+            self.effects.submit(
+                self._answer_async,
+                found.certificate_id,
+                org,
+                component,
+                verb,
+                payload,
+                peer_ip,
+                target,
+                correlation_data,
+            )
+            return []
+        return [
+            self._answer(
+                found.certificate_id,
+                org,
+                component,
+                verb,
+                payload,
+                peer_ip,
+                self._may_receive(fingerprint, client_id, peer_ip, response_topic),
+                correlation_data,
+            )
+        ]
+
+    def _answer_async(self, *args: Any) -> None:
+        reply = self._answer(*args)
+        assert self.replies is not None
+        self.replies.publish(reply)
+
+    def _answer(
+        self,
+        certificate_id: str,
+        org: str,
+        component: str,
+        verb: str,
+        payload: bytes,
+        peer_ip: str,
+        response_topic: str | None,
+        correlation_data: bytes | None,
+    ) -> Publish:
+        assert self.rolling is not None
         body = self._json(payload)
         if body is None:
             result: dict[str, object] = {"success": False, "reason": "payload is not a JSON object"}
         elif verb == "register":
-            result = self.rolling.register_over_mqtt(found.certificate_id, body, peer_ip).as_json()
+            result = self.rolling.register_over_mqtt(certificate_id, body, peer_ip).as_json()
         else:
             result = self.rolling.unregister_over_mqtt(
-                found.certificate_id, body, peer_ip, self._dependents
+                certificate_id, body, peer_ip, self._dependents
             ).as_json()
         reply = json.dumps(result).encode()
-        allowed = self._may_receive(fingerprint, client_id, peer_ip, response_topic)
-        return [self._reply(org, component, reply, allowed, correlation_data)]
+        return self._reply(org, component, reply, response_topic, correlation_data)
 
     @staticmethod
     def _json(payload: bytes) -> dict[str, object] | None:
@@ -211,14 +273,18 @@ class Enforcement:
         key = (certificate_id, component)
         if key in self._known:
             return
-        try:
-            outcome = self._register(certificate_id, component, peer_ip)
-        except DomainError as exc:
-            log.warning("component registration for %s failed: %s", component, exc.detail)
-            return
         if len(self._known) > MAX_KNOWN:
             self._known.clear()
         self._known.add(key)
+        self.effects.submit(self._register_component, certificate_id, component, peer_ip)
+
+    def _register_component(self, certificate_id: str, component: str, peer_ip: str) -> None:
+        try:
+            outcome = self._register(certificate_id, component, peer_ip)
+        except DomainError as exc:
+            self._known.discard((certificate_id, component))  # try again on the next publish
+            log.warning("component registration for %s failed: %s", component, exc.detail)
+            return
         log.debug("feed publish by %s to component %s: %s", certificate_id, component, outcome)
 
     def _deny(

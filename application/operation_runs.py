@@ -23,7 +23,7 @@ from application.ports import (
     ServerCertificate,
 )
 from application.registry import Registry
-from application.run_actions import RunFailure, RunState, act
+from application.run_actions import RunFailure, RunState, act_page
 from application.run_pipeline import PageCommitter, PagePrefetcher
 from application.run_report import build_report
 from domain.action_package import ActionKind, uses
@@ -31,7 +31,7 @@ from domain.errors import DomainError
 from domain.meta import Actor
 from domain.notification import NotificationKind
 from domain.operation import OperationType
-from domain.run_plan import CertificateRow, Outcome
+from domain.run_plan import Outcome
 
 log = logging.getLogger(__name__)
 WORKER = Actor.system("operations-worker")
@@ -198,9 +198,7 @@ class RunExecutor:
         try:
             for rows, cursor in pages:
                 committer.check()
-                outcomes = [
-                    act(run, CertificateRow.from_catalogue(r), seq + i) for i, r in enumerate(rows)
-                ]
+                outcomes = act_page(run, rows, seq)
                 seq += len(outcomes)
                 mark = publisher.mark() if publisher is not None else 0
                 committer.submit(outcomes, cursor, cursor is None, mark)

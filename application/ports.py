@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Clock(Protocol):
@@ -254,9 +254,9 @@ class CertificatePages(Protocol):
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateOutcome:
-    """What a run did with one certificate."""
+class CertificateOutcome(NamedTuple):
+    """What a run did with one certificate (a tuple: one is made per certificate, and a
+    page of them serialises as JSON arrays without conversion)."""
 
     certificate_id: str
     name: str

@@ -66,10 +66,14 @@ class RollingCommands(ComponentCommands):
         registration, folder and pins. Emits Certificate.Imported (+ Reservations, Folders),
         Certificate.Rolled on the old leaf, PredecessorRecorded on the new one, in one save.
         """
-        current = self.get_typed(Certificate, certificate_id, "certificate")
-        actor = Actor(ActorKind.CERTIFICATE, certificate_id, current.org_uid, "", peer_ip)
-        try:
+
+        def attempt() -> RollResult:
+            current = self.get_typed(Certificate, certificate_id, "certificate")
+            actor = Actor(ActorKind.CERTIFICATE, certificate_id, current.org_uid, "", peer_ip)
             return self._register(current, payload, actor)
+
+        try:
+            return self.retrying(attempt)  # a background pin of the same certificate may race
         except DomainError as exc:
             return RollResult(False, exc.detail)
 
@@ -130,30 +134,39 @@ class RollingCommands(ComponentCommands):
         still issues other live certificates (shared by other devices) is refused.
         Emits Certificate.Deactivated + Certificate.Deleted, Reservation.Released.
         """
-        current = self.get_typed(Certificate, certificate_id, "certificate")
-        actor = Actor(ActorKind.CERTIFICATE, certificate_id, current.org_uid, "", peer_ip)
         try:
-            listed = parse_bundle(_pems(payload.get("certs"), "certs"), max_certs=MAX_CHAIN)
-            chain = {c.fingerprint: c for c in self.chain_of(current)}
-            targets = []
-            for facts in listed:
-                cert = chain.get(facts.fingerprint)
-                if cert is None:
-                    raise InvalidInput(f"{facts.subject} is not in this connection's chain")
-                # in the caller's chain a CA issues exactly one certificate; more = shared CA
-                if cert.is_ca and dependents(str(cert.id)) > 1:
-                    raise InvalidInput(f"{facts.subject} is a CA other certificates depend on")
-                targets.append(cert)
-            meta = actor.meta()
-            released = []
-            for cert in targets:
-                cert.set_status("INACTIVE", meta)
-                cert.delete(meta)
-                released.append(
-                    self.release(org_dn_key(cert.org_uid, cert.subject_key), str(cert.id))
-                )
-                released.append(self.release(device_dn_key(cert.subject_key), str(cert.id)))
-            self.commit(*targets, *released)
+            return self.retrying(
+                lambda: self._unregister(certificate_id, payload, peer_ip, dependents)
+            )
         except DomainError as exc:
             return RollResult(False, exc.detail)
+
+    def _unregister(
+        self,
+        certificate_id: str,
+        payload: dict[str, Any],
+        peer_ip: str,
+        dependents: Callable[[str], int],
+    ) -> RollResult:
+        current = self.get_typed(Certificate, certificate_id, "certificate")
+        actor = Actor(ActorKind.CERTIFICATE, certificate_id, current.org_uid, "", peer_ip)
+        listed = parse_bundle(_pems(payload.get("certs"), "certs"), max_certs=MAX_CHAIN)
+        chain = {c.fingerprint: c for c in self.chain_of(current)}
+        targets = []
+        for facts in listed:
+            cert = chain.get(facts.fingerprint)
+            if cert is None:
+                raise InvalidInput(f"{facts.subject} is not in this connection's chain")
+            # in the caller's chain a CA issues exactly one certificate; more = shared CA
+            if cert.is_ca and dependents(str(cert.id)) > 1:
+                raise InvalidInput(f"{facts.subject} is a CA other certificates depend on")
+            targets.append(cert)
+        meta = actor.meta()
+        released = []
+        for cert in targets:
+            cert.set_status("INACTIVE", meta)
+            cert.delete(meta)
+            released.append(self.release(org_dn_key(cert.org_uid, cert.subject_key), str(cert.id)))
+            released.append(self.release(device_dn_key(cert.subject_key), str(cert.id)))
+        self.commit(*targets, *released)
         return RollResult(True, "unregistered", [str(c.id) for c in targets])

@@ -76,15 +76,35 @@ def outcome(
     )
 
 
-def act(run: RunState, cert: CertificateRow, seq: int) -> CertificateOutcome:
-    """Skip with a reason, report, or publish (raises RunFailure when the broker fails)."""
+def act_page(run: RunState, rows: list[dict[str, Any]], seq: int) -> list[CertificateOutcome]:
+    """Outcomes of one catalogue page, numbered from `seq`. Commands are prepared for the
+    whole page first, then published in a tight loop, as a raw paho client would (paho's
+    network thread then gets the GIL between publishes; interleaving measured a few percent
+    slower, within the bench's noise). Raises RunFailure when the broker fails (the page is
+    then not committed, so its outcomes do not claim a publish that did not happen)."""
+    certs = [CertificateRow.from_catalogue(row) for row in rows]
+    if run.op_type is OperationType.TAKE_ACTION:
+        return [_act(run, cert, seq + i) for i, cert in enumerate(certs)]
+    outcomes, commands = [], []
+    for i, cert in enumerate(certs):
+        done, command = _plan(run, cert, seq + i)
+        outcomes.append(done)
+        if command is not None:
+            commands.append(command)
+    for topic, payload in commands:
+        _publish(run, topic, payload, 1, False)
+    return outcomes
+
+
+def _plan(
+    run: RunState, cert: CertificateRow, seq: int
+) -> tuple[CertificateOutcome, tuple[str, bytes] | None]:
+    """Skip with a reason, report, or the (topic, payload) command to publish."""
     skip = skip_reason(run.op_type, cert, run.expires_before)
     if skip is not None:
-        return outcome(cert, seq, Outcome.SKIPPED, skip.value)
+        return outcome(cert, seq, Outcome.SKIPPED, skip.value), None
     if run.op_type is OperationType.REPORT_EXPIRING:
-        return outcome(cert, seq, Outcome.REPORTED)
-    if run.op_type is OperationType.TAKE_ACTION:
-        return _take_action(run, cert, seq)
+        return outcome(cert, seq, Outcome.REPORTED), None
     component = str(cert.pinned_component)
     if run.op_type is OperationType.UPDATE_TRUSTSTORE:
         topic, payload = truststore_topic(run.org_uid, component), run.truststore
@@ -92,8 +112,14 @@ def act(run: RunState, cert: CertificateRow, seq: int) -> CertificateOutcome:
         reason = "expiring" if run.op_type is OperationType.ROLL_EXPIRING else "roll-all"
         topic = roll_topic(run.org_uid, component)
         payload = roll_payload(cert, reason, run.run_id)
-    _publish(run, topic, payload, 1, False)
-    return outcome(cert, seq, Outcome.PUBLISHED, topics=(topic,))
+    return outcome(cert, seq, Outcome.PUBLISHED, topics=(topic,)), (topic, payload)
+
+
+def _act(run: RunState, cert: CertificateRow, seq: int) -> CertificateOutcome:
+    skip = skip_reason(run.op_type, cert, run.expires_before)
+    if skip is not None:
+        return outcome(cert, seq, Outcome.SKIPPED, skip.value)
+    return _take_action(run, cert, seq)
 
 
 def _publish(run: RunState, topic: str, payload: bytes, qos: int, retain: bool) -> None:

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from adapters.settings import Settings  # noqa: E402
 
 DB = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 CERTS = 10
-BATCH = 20_000
+BATCH = 5_000  # eventsourcing pipelines each insert; bigger batches once hung here
 
 
 def settings(schema: str) -> Settings:
@@ -211,6 +212,7 @@ def main() -> None:
                 f"  = {rate_in / copy_in:.2f}x COPY FROM peak {back['peak_mib']:.0f} MiB  ({split})"
             )
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         with psycopg.connect(DB, autocommit=True) as conn:
             for schema in schemas:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -32,6 +32,10 @@ class Conflict(DomainError):
     """The command conflicts with existing state (uniqueness, still in use)."""
 
 
+class ConcurrentChange(Conflict):
+    """Another writer saved the same entity first; the command may simply be retried."""
+
+
 class PreconditionFailed(DomainError):
     """The caller's view of the entity is stale (If-Match did not match)."""
 

@@ -40,13 +40,13 @@ class CertificateRow:
     @classmethod
     def from_catalogue(cls, row: dict[str, Any]) -> CertificateRow:
         return cls(
-            certificate_id=str(row["certificate_id"]),
-            name=str(row["name"]),
-            subject=str(row["subject"]),
-            not_after=str(row["not_after"]),
-            status=str(row["status"]),
-            is_ca=bool(row["is_ca"]),
-            pinned_component=row.get("pinned_component") or None,
+            row["certificate_id"],
+            row["name"],
+            row["subject"],
+            row["not_after"],
+            row["status"],
+            bool(row["is_ca"]),
+            row.get("pinned_component") or None,
         )
 
 
@@ -86,10 +86,10 @@ def truststore_topic(org_uid: str, component_id: str) -> str:
 def roll_payload(cert: CertificateRow, reason: str, run_id: str) -> bytes:
     """JSON the device acts on: certificate_id, dn, not_after, reason, run_id (lets a device
     ignore a redelivered command). Built by hand: it runs once per certificate."""
+    # ids are UUIDs and not_after an ISO timestamp: only the DN needs JSON escaping
     return (
-        f'{{"certificate_id":{json.dumps(cert.certificate_id)},"dn":{json.dumps(cert.subject)},'
-        f'"not_after":{json.dumps(cert.not_after)},"reason":{json.dumps(reason)},'
-        f'"run_id":{json.dumps(run_id)}}}'
+        f'{{"certificate_id":"{cert.certificate_id}","dn":{json.dumps(cert.subject)},'
+        f'"not_after":"{cert.not_after}","reason":"{reason}","run_id":"{run_id}"}}'
     ).encode()
 
 

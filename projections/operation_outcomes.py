@@ -26,18 +26,6 @@ SCHEMA = (
     " last_seq BIGINT NOT NULL, kinds TEXT NOT NULL, outcomes TEXT NOT NULL,"
     " PRIMARY KEY (run_id, page))",
 )
-OUTCOME_FIELDS = (
-    "certificate_id",
-    "name",
-    "subject",
-    "not_after",
-    "status",
-    "component_id",
-    "outcome",
-    "reason",
-    "topics",
-    "seq",
-)
 
 
 def _checkpoint(row: Row) -> RunCheckpoint:
@@ -46,26 +34,21 @@ def _checkpoint(row: Row) -> RunCheckpoint:
     )
 
 
-def _encode(o: CertificateOutcome) -> list[Any]:
-    """Positional, in OUTCOME_FIELDS order (a page of 1000 stays small)."""
-    return [
-        o.certificate_id,
-        o.name,
-        o.subject,
-        o.not_after,
-        o.status,
-        o.component_id,
-        o.outcome,
-        o.reason,
-        list(o.topics),
-        o.seq,
-    ]
-
-
 def _decode(values: list[Any]) -> CertificateOutcome:
-    data: dict[str, Any] = dict(zip(OUTCOME_FIELDS, values, strict=True))
-    data["topics"] = tuple(data["topics"])
-    return CertificateOutcome(**data)
+    """From the JSON array a CertificateOutcome (a NamedTuple) was stored as."""
+    item = CertificateOutcome(*values)
+    return item._replace(topics=tuple(item.topics))
+
+
+def _dumps(outcomes: Sequence[CertificateOutcome], chunk: int = 50) -> str:
+    """JSON array of the page, encoded in small chunks: one json.dumps of a whole page holds
+    the GIL for milliseconds, long enough to drain a 20-message MQTT window in the
+    publishing thread."""
+    parts = (
+        json.dumps(outcomes[i : i + chunk], separators=(",", ":"))[1:-1]
+        for i in range(0, len(outcomes), chunk)
+    )
+    return "[" + ",".join(parts) + "]"
 
 
 def tally(counts: dict[str, int], outcomes: Sequence[CertificateOutcome]) -> dict[str, int]:
@@ -139,7 +122,7 @@ class OutcomeStore:
                         outcomes[0].seq,
                         outcomes[-1].seq,
                         "," + ",".join(sorted({o.outcome for o in outcomes})) + ",",
-                        json.dumps([_encode(o) for o in outcomes], separators=(",", ":")),
+                        _dumps(outcomes),
                     ),
                 )
             tx.execute(

@@ -20,7 +20,7 @@ class TrustAnchorProjection(ViewProjection):
     def __init__(self, sink: TrustAnchors | None = None) -> None:
         self.sink = sink
         self._anchors: dict[str, str] = {}  # certificate id -> PEM (live only)
-        self._writes: list[tuple[str, str | None]] = []
+        self._writes: list[tuple[str, str | None, str]] = []  # (id, fingerprint | None, pem)
         self._changed = True
 
     def schema(self) -> list[str]:
@@ -44,24 +44,24 @@ class TrustAnchorProjection(ViewProjection):
         if event.is_ca or facts.get("ca_detected") or facts.get("self_signed"):
             cid = str(event.originator_id)
             self._anchors[cid] = facts["pem"]
-            self._writes.append((cid, facts["fingerprint"]))
+            self._writes.append((cid, facts["fingerprint"], facts["pem"]))
             self._changed = True
 
     def _deleted(self, event: Any, position: int) -> None:
         cid = str(event.originator_id)
         if self._anchors.pop(cid, None) is not None:
-            self._writes.append((cid, None))
+            self._writes.append((cid, None, ""))
             self._changed = True
 
     def flush(self, tx: Tx) -> None:
-        for cid, fingerprint in self._writes:
+        for cid, fingerprint, pem in self._writes:
             if fingerprint is None:
                 tx.execute("DELETE FROM trust_anchors WHERE certificate_id = ?", (cid,))
             else:
                 tx.execute(
                     "INSERT INTO trust_anchors (certificate_id, fingerprint, pem) VALUES (?, ?, ?)"
                     " ON CONFLICT (certificate_id) DO NOTHING",
-                    (cid, fingerprint, self._anchors[cid]),
+                    (cid, fingerprint, pem),
                 )
         self._writes.clear()
 

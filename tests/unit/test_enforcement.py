@@ -210,3 +210,19 @@ def test_a_device_can_learn_its_org_on_a_reply_topic_private_to_its_connection(
         fp(leaf), "client-1", "127.0.0.1", "manage/cert/myorg/cid/d", b"", mine, b"k"
     )
     assert [(r.topic, r.payload) for r in replies] == [(mine, org.encode())]
+
+
+def test_an_anchor_imported_and_deleted_within_one_batch_leaves_no_trace(
+    cw: Certwarden, org: str
+) -> None:
+    sink = RecordingAnchors()
+    cw.trust_anchors.sink = sink
+    root = f.make_root(f.unique_cn("short-lived"))
+    cid = cw.registry.import_certificates(org, root.pem, ADMIN)[0].certificate_id
+    cw.registry.delete_certificate(org, cid, ADMIN)
+    cw.sync()  # both events in one catch-up batch
+    assert root.pem.decode() not in sink.pems
+    assert (
+        cw.db.query("SELECT COUNT(*) FROM trust_anchors WHERE certificate_id = ?", (cid,))[0][0]
+        == 0
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from application.bootstrap import Certwarden
 from domain.action_package import checked_topic, render
 from domain.errors import Conflict, InvalidInput, NotFound
 from domain.operation import OperationType
-from domain.run_plan import CertificateRow, Skip, skip_reason
+from domain.run_plan import CertificateRow, Skip, roll_payload, skip_reason
 from tests.operations_support import ADMIN, new_org, operation
 
 MQTT = {"kind": "mqtt_publish", "topic": "[org.uid]/cmd/cid/[component.id]", "payload": "hi"}
@@ -214,3 +215,17 @@ def test_which_certificates_a_run_acts_on(
     op_type: OperationType, cert: CertificateRow, expected: Skip | None
 ) -> None:
     assert skip_reason(op_type, cert, NOW + timedelta(days=30)) == expected
+
+
+def test_a_roll_payload_is_json_even_when_the_dn_needs_escaping() -> None:
+    cert = CertificateRow(
+        "id-1", "n", 'CN=a"b\\c,O=x', "2030-01-01T00:00:00+00:00", "ACTIVE", False, "c"
+    )
+    payload = json.loads(roll_payload(cert, "expiring", "run-1"))
+    assert payload == {
+        "certificate_id": "id-1",
+        "dn": 'CN=a"b\\c,O=x',
+        "not_after": "2030-01-01T00:00:00+00:00",
+        "reason": "expiring",
+        "run_id": "run-1",
+    }
