@@ -16,6 +16,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -148,15 +149,23 @@ class Connection:
         self.client.tls_set_context(context)
         self.client.on_socket_open = lambda _c, _u, sock: _nodelay(sock)
         self.connected = threading.Event()
+        self.settled = threading.Event()  # CONNACK, or the connection failed/dropped
         self.refused: int | None = None
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = lambda *_a: self.settled.set()
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self.refused = reason.value
         else:
             self.connected.set()
+        self.settled.set()
+
+    def _on_disconnect(self, *_a: Any) -> None:
+        # TLS 1.3 reports a refused client certificate after the handshake: a disconnect
+        self.connected.clear()
+        self.settled.set()
 
     def open(self, timeout: float = 10.0) -> bool:
         try:
@@ -165,7 +174,8 @@ class Connection:
             log.warning("connect failed: %s", exc)
             return False
         self.client.loop_start()
-        if not self.connected.wait(timeout):
+        self.settled.wait(timeout)
+        if not self.connected.is_set():
             self.close()
             return False
         return True
@@ -283,9 +293,14 @@ class DeviceAgent:
             staging = Path(tempfile.mkdtemp(dir=self.cfg.state_dir, prefix=".roll-"))
             write_private(staging / "device.pem", chain_pem, 0o644)
             write_private(staging / "device.key", key_pem)
-            fresh = self._open(
-                staging / "device.pem", staging / "device.key", self.cfg.truststore_path
-            )
+            fresh = None
+            for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 4.0):  # the new chain may take a moment
+                time.sleep(delay)
+                fresh = self._open(
+                    staging / "device.pem", staging / "device.key", self.cfg.truststore_path
+                )
+                if fresh is not None:
+                    break
             if fresh is None:
                 self.events.append("new certificate did not connect; keeping the old one")
                 return False

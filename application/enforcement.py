@@ -95,6 +95,7 @@ class Enforcement:
         # set by the broker runtime: replies to slow requests go out through certwarden's
         # own MQTT identity instead of making the broker wait for the event store
         self.replies: ReplyPublisher | None = None
+        self.read_models_caught_up: Callable[[], None] = lambda: None
         self.rolling = rolling
         self._register = register_on_feed
         self._decisions = decisions
@@ -202,6 +203,9 @@ class Enforcement:
 
     def _answer_async(self, *args: Any) -> None:
         reply = self._answer(*args)
+        # the device reconnects with its new chain as soon as it reads the reply: the
+        # decision index and the broker's trust directory must already know it
+        self.read_models_caught_up()
         assert self.replies is not None
         self.replies.publish(reply)
 
