@@ -98,7 +98,7 @@ class Certwarden:
     def sync(self) -> None:
         """Foreground catch-up (tests, CLI): read models and index reflect every saved event."""
         self.enforcement.effects.drain()
-        self.runner.wait(self.registry.max_position())
+        self.runner.wait(self.registry.max_position(), timeout=60.0)
         self.index.refresh()
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from adapters.mosquitto.name_hash import name_hash
+
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the CA/Browser Forum ceiling many TLS clients still enforce
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -199,6 +201,10 @@ def issue_service_client_cert(
 
 def subject_hash(cert: x509.Certificate) -> str:
     """OpenSSL's X509_NAME_hash of the subject (what `openssl rehash` names files after)."""
+    try:
+        return name_hash(cert.subject)
+    except (AttributeError, ValueError, UnicodeError):
+        pass  # an unusual value type: ask openssl itself
     out = subprocess.run(
         ["openssl", "x509", "-noout", "-subject_hash"],
         input=cert.public_bytes(serialization.Encoding.PEM),

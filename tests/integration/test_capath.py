@@ -36,3 +36,48 @@ def test_anchors_sharing_a_subject_get_gapless_suffixes_and_removal_is_exact(
     anchors.replace([twin_b.pem.decode()])
     assert len(list(capath.iterdir())) == 2
     assert verifies(capath, leaf_b, tmp_path) and not verifies(capath, leaf_a, tmp_path)
+
+
+def test_the_python_subject_hash_equals_openssls_for_varied_names(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from adapters.mosquitto.name_hash import name_hash
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "k"),
+            "-subj",
+            "/C=DE/O=Acme  Corp/OU=IoT/CN=Device 42",
+            "-out",
+            str(tmp_path / "c.pem"),
+            "-days",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    pems = [(tmp_path / "c.pem").read_bytes()] + [
+        f.make_root(cn).pem
+        for cn in ("Test Root", "  MiXed   Case \t Root ", "ünïcødé root", "dev v2")
+    ]
+    for pem in pems:
+        expected = (
+            subprocess.run(
+                ["openssl", "x509", "-noout", "-subject_hash"],
+                input=pem,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .strip()
+        )
+        assert name_hash(x509.load_pem_x509_certificate(pem).subject) == expected
