@@ -116,6 +116,9 @@ def main() -> None:
                 break
             time.sleep(0.05)
         total = time.perf_counter() - start
+        stragglers = [a for a in agents if not a.rolls]
+        for agent in stragglers[:5]:
+            print(f"  not rolled: {agent.cfg.component_id}: {agent.events}")
         per_device = sorted(finished.values())
         retired = sum(
             1 for r in cw.rolls.rolls(org, run_id=run_id, limit=100_000) if r["state"] == "retired"
