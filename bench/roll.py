@@ -8,6 +8,7 @@ Usage: .venv/bin/python bench/roll.py [--agents 200]
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import sys
 import tempfile
@@ -36,7 +37,15 @@ POLICY = [
 ]
 
 
+def raise_fd_limit() -> None:
+    """Each agent holds up to two TLS sessions plus paho's wake-up socket pairs: 200 agents
+    need more than the default 1024 descriptors (Mosquitto, a child, inherits the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
 def main() -> None:
+    raise_fd_limit()
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", type=int, default=200)
     args = parser.parse_args()
