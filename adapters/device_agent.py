@@ -294,7 +294,7 @@ class DeviceAgent:
             write_private(staging / "device.pem", chain_pem, 0o644)
             write_private(staging / "device.key", key_pem)
             fresh = None
-            for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 4.0):  # the new chain may take a moment
+            for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0):  # the new chain may lag
                 time.sleep(delay)
                 fresh = self._open(
                     staging / "device.pem", staging / "device.key", self.cfg.truststore_path

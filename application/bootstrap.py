@@ -180,7 +180,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         dependents=lookup.dependents,
         effects=effects,
     )
-    enforcement.read_models_caught_up = lambda: runner.wait(registry.max_position())
+    enforcement.read_models_caught_up = lambda: runner.wait(registry.max_position(), 30.0)
     operations = OperationsView(db)
     outcomes = RollRequestLog(db)  # the outcome store, also noting roll commands sent
     executor, workers, scheduler = _operations(settings, registry, operations, outcomes)
