@@ -47,8 +47,9 @@ class CatalogueView:
         if folder is not None:
             path = normalise_folder(folder)
             if recursive and path != "/":
-                where.append("(c.folder = ? OR c.folder LIKE ?)")
-                params += [path, path.replace("%", r"\%").replace("_", r"\_") + "/%"]
+                # exact prefix test: LIKE would treat '_' and '%' in folder names as patterns
+                where.append("(c.folder = ? OR substr(c.folder, 1, ?) = ?)")
+                params += [path, len(path) + 1, path + "/"]
             elif not recursive:
                 where.append("c.folder = ?")
                 params.append(path)

@@ -212,8 +212,8 @@ class RollTrackingView:
         """Certificates expiring within 7/30/90 days under a folder, and pending/stuck rolls."""
         now = time.time() if now is None else now
         prefix = folder.rstrip("/") + "/"
-        in_folder = "(c.folder = ? OR c.folder LIKE ?)" if folder != "/" else "1 = 1"
-        params: list[Any] = [org_uid] + ([folder, prefix + "%"] if folder != "/" else [])
+        in_folder = "(c.folder = ? OR substr(c.folder, 1, ?) = ?)" if folder != "/" else "1 = 1"
+        params: list[Any] = [org_uid] + ([folder, len(prefix), prefix] if folder != "/" else [])
         expiring = {}
         for days in (7, 30, 90):
             rows = self.db.query(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from application.bootstrap import Certwarden
@@ -74,6 +75,7 @@ class FakePublisher:
         self.open_error: str | None = None
         self.crash: BaseException | None = None
         self.crash_after: int | None = None
+        self.before_crash: Callable[[], object] = lambda: None
         self.opened = 0
 
     def open(self) -> None:
@@ -85,6 +87,7 @@ class FakePublisher:
         if self.crash is not None and self.crash_after is not None:
             if len(self.sent) >= self.crash_after:
                 crash, self.crash = self.crash, None
+                self.before_crash()
                 raise crash
         self.sent.append((topic, payload, qos, retain))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -185,9 +186,20 @@ def test_a_worker_killed_mid_run_is_resumed_after_its_last_committed_page(
     ids = seed(cw, org, 10)
     op_id = operation(cw, org, "ROLL_ALL")
     run_id = cw.registry.execute_operation(org, op_id, ADMIN)
+
+    def first_page_committed() -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            checkpoint = cw.outcomes.checkpoint(run_id)
+            if checkpoint is not None and checkpoint.pages >= 1:
+                return True
+            time.sleep(0.005)
+        return False
+
     release = cw.outcomes.release
     cw.outcomes.release = lambda run, worker: None  # type: ignore[method-assign]  # SIGKILL: no cleanup
-    publisher.crash, publisher.crash_after = Killed(), 6  # dies in the second page
+    publisher.crash, publisher.crash_after = Killed(), 6  # dies in the second page...
+    publisher.before_crash = first_page_committed  # ...once the first page is committed
     with pytest.raises(Killed):
         cw.executor.execute(org, op_id, run_id)
     assert cw.executor.execute(org, op_id, run_id) == "leased"  # its lease is still live
@@ -198,7 +210,7 @@ def test_a_worker_killed_mid_run_is_resumed_after_its_last_committed_page(
     per_topic = Counter(t for t, _, _, _ in publisher.sent)
     assert len(per_topic) == 10  # never skipped
     assert sorted(per_topic.values()) == [1] * 8 + [2] * 2  # page 2 once more, no more
-    assert {o.certificate_id for o in cw.outcomes.outcomes(run_id)} == set(ids)
+    assert sorted(o.certificate_id for o in cw.outcomes.outcomes(run_id)) == sorted(ids)
 
 
 def test_an_unreachable_broker_fails_the_run_with_a_notification(cw: Certwarden) -> None:

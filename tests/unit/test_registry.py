@@ -305,3 +305,17 @@ class TestRegistryOnSqlite(TestRegistryInMemory):
     @pytest.fixture
     def store(self) -> str:
         return "sqlite"
+
+
+class TestFolderFilterIsAnExactPrefix:
+    def test_underscores_and_percent_signs_in_folder_names_are_not_patterns(
+        self, cw: Certwarden
+    ) -> None:
+        org = new_org(cw)
+        for folder in ("/line_1/a", "/lineX1/b", "/Line_1/c"):
+            cw.registry.import_certificates(
+                org, f.make_self_signed_leaf(f.unique_cn()).pem, ADMIN, folder=folder
+            )
+        cw.sync()
+        rows, _ = cw.catalogue.list_certificates(org, folder="/line_1")
+        assert [r["folder"] for r in rows] == ["/line_1/a"]
