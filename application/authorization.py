@@ -57,7 +57,7 @@ class AuthzIndex:
         self._policies: dict[tuple[str, str], CompiledPolicy] = {}
         self._policy_users: dict[tuple[str, str], set[str]] = {}
         self._bound: dict[tuple[str, str, str], BoundPolicy] = {}
-        self._resolved: dict[str, CertRow | Decision] = {}  # fingerprint -> live row or why not
+        self.resolved: dict[str, CertRow | Decision] = {}  # fingerprint -> live row or why not
         self.allowed_cache: dict[tuple[str, str, bool, int | None, str | None], Decision] = {}
         self.service_fingerprints: frozenset[str] = frozenset()
         self.position = 0
@@ -131,7 +131,7 @@ class AuthzIndex:
     # -- lookups ----------------------------------------------------------
     def row(self, fingerprint: str) -> CertRow | Decision:
         """The one live row for a fingerprint, or the deny decision explaining why not."""
-        found = self._resolved.get(fingerprint)
+        found = self.resolved.get(fingerprint)
         if found is None:
             return deny("unknown-certificate", "the certificate is not registered", fp=fingerprint)
         return found
@@ -139,9 +139,9 @@ class AuthzIndex:
     def _resolve(self, fingerprint: str) -> None:
         found = self._compute_row(fingerprint)
         if isinstance(found, Decision) and found.reason == "unknown-certificate":
-            self._resolved.pop(fingerprint, None)
+            self.resolved.pop(fingerprint, None)
         else:
-            self._resolved[fingerprint] = found
+            self.resolved[fingerprint] = found
 
     def _compute_row(self, fingerprint: str) -> CertRow | Decision:
         entry = self._by_fp.get(fingerprint)
@@ -232,12 +232,25 @@ class Authorization:
 
     def authorize(self, request: AccessRequest) -> Decision:
         """PUBLISH / SUBSCRIBE / RECEIVE on a topic; everything outside {orgUid}/ is denied."""
-        if request.fingerprint in self.index.service_fingerprints:
+        index = self.index
+        if request.fingerprint in index.service_fingerprints:
             return self._service(request)
-        found = self.certificate_usable(request.fingerprint, request.peer_ip)
-        if isinstance(found, Decision):
-            return found
-        row = found
+        # hot path inlined (the broker asks for every publish and delivery): the common case
+        # is a usable, valid, correctly pinned certificate; anything else takes the full path
+        row = index.resolved.get(request.fingerprint)
+        now = index.now()
+        if (
+            row is None
+            or row.__class__ is not CertRow
+            or not row.usable
+            or not row.not_before <= now <= row.not_after
+            or (row.pinned_host is not None and row.pinned_host != request.peer_ip)
+        ):
+            found = self.certificate_usable(request.fingerprint, request.peer_ip)
+            if isinstance(found, Decision):
+                return found
+            row = found
+        assert isinstance(row, CertRow)
         topic = request.topic
         if topic.startswith("manage/"):
             return self._myorg(request, row)
