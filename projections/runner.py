@@ -30,7 +30,7 @@ class ProjectionRunner:
         app: Any,
         db: ViewDb,
         projections: Sequence[ViewProjection],
-        batch_size: int = 2000,
+        batch_size: int = 5000,
         poll_interval: float = 0.2,
     ) -> None:
         self.app = app
