@@ -56,7 +56,7 @@ class AuthzIndex:
         self._fp_of: dict[str, str] = {}
         self._policies: dict[tuple[str, str], CompiledPolicy] = {}
         self._policy_users: dict[tuple[str, str], set[str]] = {}
-        self._bound: dict[tuple[str, str, str], BoundPolicy] = {}
+        self.bound: dict[tuple[str, str, str], BoundPolicy] = {}
         self.resolved: dict[str, CertRow | Decision] = {}  # fingerprint -> live row or why not
         self.allowed_cache: dict[tuple[str, str, bool, int | None, str | None], Decision] = {}
         self.service_fingerprints: frozenset[str] = frozenset()
@@ -79,7 +79,7 @@ class AuthzIndex:
             for row in changes.certificates:
                 self._apply_cert(row, kick, recheck)
                 self._resolve(row.fingerprint)
-            self._bound.clear()
+            self.bound.clear()
             self.allowed_cache.clear()
             self.position = changes.position
             self.generation += 1
@@ -159,7 +159,7 @@ class AuthzIndex:
 
     def bound_policy(self, row: CertRow, client_id: str) -> BoundPolicy | None:
         key = (row.certificate_id, client_id, row.pinned_component or "")
-        bound = self._bound.get(key)
+        bound = self.bound.get(key)
         if bound is None:
             policy = self._policies.get((row.org_uid, row.policy_id or ""))
             if policy is None:
@@ -170,7 +170,7 @@ class AuthzIndex:
             if row.common_name:
                 values["cert.cn"] = row.common_name
             bound = policy.bind(values)
-            self._bound[key] = bound
+            self.bound[key] = bound
         return bound
 
     def now(self) -> float:
@@ -257,7 +257,9 @@ class Authorization:
         org = row.org_uid
         if not (topic.startswith(org) and topic[len(org) : len(org) + 1] == "/"):
             return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
-        bound = self.index.bound_policy(row, request.client_id)
+        bound = index.bound.get((row.certificate_id, request.client_id, row.pinned_component or ""))
+        if bound is None:
+            bound = index.bound_policy(row, request.client_id)
         if bound is None:
             return deny("no-policy", "the certificate has no (existing) policy", row)
         action = request.action
