@@ -26,35 +26,17 @@ def explain(org: str, body: ExplainRequest, cw: CW, ctx: Context) -> DecisionPub
     else:
         raise InvalidInput("give certificate_id or fingerprint")
     cw.sync()
-    authz = cw.authorization
+    # without a peer address, explain as seen from the pinned host (or any host if unpinned)
+    peer_ip = body.peer_ip or _pinned_or_any(cw, fingerprint)
     if body.action == "CONNECT":
-        decision = (
-            authz.check_connect(fingerprint, body.peer_ip or "", pin=False)
-            if body.peer_ip
-            else _connect_without_ip(cw, fingerprint)
-        )
+        decision = cw.authorization.check_connect(fingerprint, peer_ip, pin=False)
     else:
         if not body.topic:
             raise InvalidInput("topic is required for PUBLISH, SUBSCRIBE and RECEIVE")
-        decision = authz.authorize(
-            AccessRequest(
-                fingerprint,
-                body.client_id,
-                body.peer_ip or "",
-                Action(body.action),
-                body.topic,
-                body.retain,
-            )
-            if body.peer_ip
-            else AccessRequest(
-                fingerprint,
-                body.client_id,
-                _pinned_or_any(cw, fingerprint),
-                Action(body.action),
-                body.topic,
-                body.retain,
-            )
+        request = AccessRequest(
+            fingerprint, body.client_id, peer_ip, Action(body.action), body.topic, body.retain
         )
+        decision = cw.authorization.authorize(request)
     return DecisionPublic(
         allowed=decision.allowed,
         reason=decision.reason,
@@ -69,7 +51,3 @@ def _pinned_or_any(cw: CW, fingerprint: str) -> str:
     if isinstance(found, Decision) or found.pinned_host is None:
         return ""
     return found.pinned_host
-
-
-def _connect_without_ip(cw: CW, fingerprint: str) -> Decision:
-    return cw.authorization.check_connect(fingerprint, _pinned_or_any(cw, fingerprint), pin=False)
