@@ -105,9 +105,6 @@ def read_models(cw: Certwarden, org: str) -> dict[str, list[Any]]:
             " ORDER BY position",
             (org,),
         ),
-        "audit_entities": q(
-            "SELECT * FROM audit_entities WHERE org_uid = ? ORDER BY entity_id", (org,)
-        ),
     }
 
 
