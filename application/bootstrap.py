@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.mqtt_publisher import FileServerCertificate, MqttTarget, PahoCommandPublisher
+from adapters.mqtt_process import ProcessCommandPublisher
+from adapters.mqtt_publisher import FileServerCertificate, MqttTarget
 from adapters.scheduler import CroniterCalendar, Scheduler
 from adapters.settings import Settings
 from adapters.smtp import SmtpConfig, SmtpMailer
@@ -148,7 +149,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         [
             lookup_projection,
             catalogue_projection,
-            AuditProjection(),
+            AuditProjection(state_at=registry.state_at),
             ComponentsProjection(),
             trust_anchors,
             PrincipalsProjection(),
@@ -243,7 +244,7 @@ def _operations(
         registry,
         RunPages(view.db),
         outcomes,
-        lambda: PahoCommandPublisher(target),
+        lambda: ProcessCommandPublisher(target),
         mailer,
         FileServerCertificate(pki / "server-ca.pem"),
         limits,

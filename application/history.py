@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError
+
 from application.base import RegistryBase
 from application.policies import policy_key
 from domain.certificate import Certificate
@@ -30,6 +32,14 @@ class HistoryQueries(RegistryBase):
             else:
                 high = middle - 1
         return low or None
+
+    def state_at(self, aggregate_id: str, version: int) -> dict[str, Any] | None:
+        """An aggregate's attributes as they were at `version`; None when there is no such one."""
+        try:
+            aggregate: object = self.repository.get(UUID(aggregate_id), version=version)
+        except (AggregateNotFoundError, ValueError):
+            return None
+        return dict(vars(aggregate))
 
     def _event_time(self, aggregate_id: UUID, version: int) -> datetime:
         stored = self.recorder.select_events(aggregate_id, gt=version - 1, lte=version)

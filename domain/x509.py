@@ -31,6 +31,7 @@ __all__ = [
     "facts_from_der",
     "fingerprint_of_der",
     "is_issued_by",
+    "signature_verifies",
     "normalise_dn",
     "parse_bundle",
 ]
@@ -148,9 +149,19 @@ def is_issued_by(child: CertificateFacts, issuer: CertificateFacts) -> bool:
     # RFC 5280 §4.2.1.1: AKI keyIdentifier names the issuer's SKI; a mismatch means another key.
     if child.aki is not None and issuer.ski is not None and child.aki != issuer.ski:
         return False
+    return signature_verifies(child.pem, issuer.pem)
+
+
+def signature_verifies(child_pem: str, issuer_pem: str) -> bool:
+    """True when the key of `issuer_pem` signed `child_pem`; False otherwise, never raises.
+
+    Only the signature (RFC 5280 §6.1.3 (a)(1)): names and key identifiers are the caller's
+    check, as `is_issued_by` does. Parsed issuer keys are cached, so a fleet under one CA
+    costs one signature check per device certificate.
+    """
     try:
-        child_cert, issuer_cert = _load_pem(child.pem), _load_pem(issuer.pem)
-        issuer_public_key = issuer_cert.public_key()
+        child_cert = x509.load_pem_x509_certificate(child_pem.encode("ascii"))
+        issuer_public_key = _public_key(issuer_pem)
     except _READ_ERRORS:
         return False
     return _signed_by(child_cert, issuer_public_key)
@@ -283,8 +294,8 @@ def _signed_by(cert: x509.Certificate, key: CertificatePublicKeyTypes) -> bool:
 
 
 @functools.lru_cache(maxsize=512)
-def _load_pem(pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem.encode("ascii"))
+def _public_key(pem: str) -> CertificatePublicKeyTypes:
+    return x509.load_pem_x509_certificate(pem.encode("ascii")).public_key()
 
 
 def _normalise_value(value: str | bytes) -> str:

@@ -2,14 +2,17 @@
 
 Before → after values come from replaying the event onto the entity's last-known fields with the
 aggregate's own event method (the domain is the one source of truth for what an event changes).
-Last-known fields live in `audit_entities`, cached in memory and read back lazily after a
-restart; a rebuild from zero never reads them back (every entity starts with its creation event)
-unless more entities than the cache holds are touched between two of their events.
+Last-known fields are cached in memory (least recently used out first); an entity not in the
+cache, after a restart say, is read back once from the event store as it was just before the
+event (`state_at`). A rebuild from zero reads nothing back (every entity starts with its creation
+event) unless more entities than the cache holds are touched between two of their events.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +25,18 @@ from projections.db import Tx, ViewDb
 
 __all__ = ["AUDIT_FIELDS", "AuditProjection", "AuditView"]
 
+log = logging.getLogger(__name__)
+
 SKIPPED_TYPES = {"Reservation"}  # uniqueness bookkeeping, not an operator-visible change
 HIDDEN = {"secret_hash", "meta"}  # API key secret hashes are never shown, even to auditors
 KEY_FIELD = {"Policy": "policy_id", "Folder": "path", "User": "name", "Organization": "name"}
 KEY_FIELD |= {"ApiKey": "label"}
 EVENT_ONLY = {"originator_id", "originator_version", "originator_topic", "timestamp"}
 _ABSENT = object()
-CACHE_LIMIT = 20_000  # entities kept in memory between batches
+CACHE_LIMIT = 50_000  # entities whose last-known fields are kept in memory
+
+StateAt = Callable[[str, int], dict[str, Any] | None]
+"""(entity id, version) -> the aggregate's attributes at that version, None if unknown."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -60,25 +68,25 @@ class _Entity:
     key: str | None
     fields: dict[str, Any]
     version: int
-    dirty: bool = False
 
 
 class AuditProjection(ViewProjection):
-    """Writes one audit_trail row per event (Reservation events excepted) and keeps
-    audit_entities (last-known fields per entity) in step, in the runner's batch transaction.
+    """Writes one audit_trail row per event (Reservation events excepted), in the runner's batch
+    transaction.
 
     Never raises on an event whose method cannot be replayed: the event's own attributes are
     then recorded as the changes (before unknown), so one odd event cannot stop the read models.
     """
 
     name = "audit"
-    tables = ("audit_trail", "audit_entities")
+    tables = ("audit_trail",)
+    version = 2  # 2: last-known fields come from the event store, audit_entities is gone
 
-    def __init__(self) -> None:
+    def __init__(self, state_at: StateAt | None = None) -> None:
         self._rows: list[tuple[Any, ...]] = []
         self._cache: dict[str, _Entity] = {}
-        self._db: ViewDb | None = None
-        self.lookups = 0  # entities read back from audit_entities (0 during a rebuild)
+        self._state_at = state_at
+        self.lookups = 0  # entities read back from the event store (0 during a rebuild)
 
     def schema(self) -> list[str]:
         return [
@@ -93,9 +101,7 @@ class AuditProjection(ViewProjection):
             "CREATE INDEX IF NOT EXISTS audit_trail_key"
             " ON audit_trail (org_uid, entity_type, entity_key, position)",
             "CREATE INDEX IF NOT EXISTS audit_trail_time ON audit_trail (org_uid, occurred_at)",
-            "CREATE TABLE IF NOT EXISTS audit_entities ("
-            " entity_id TEXT PRIMARY KEY, org_uid TEXT, entity_type TEXT NOT NULL,"
-            " entity_key TEXT, fields TEXT NOT NULL, version INTEGER NOT NULL)",
+            "DROP TABLE IF EXISTS audit_entities",
             # The first audit read model (audit_log, no before -> after) is replaced: replay
             # the whole log into the new tables once, then drop the old one.
             "DELETE FROM projection_tracking WHERE name = 'audit'"
@@ -107,7 +113,6 @@ class AuditProjection(ViewProjection):
         return {}
 
     def load(self, db: ViewDb) -> None:
-        self._db = db
         self._rows.clear()
         self._cache.clear()
 
@@ -122,7 +127,7 @@ class AuditProjection(ViewProjection):
         if entity_type in SKIPPED_TYPES:
             return
         entity_id = str(event.originator_id)
-        entity = self._entity(entity_id, event.originator_version)
+        entity = self._entity(entity_id, entity_type, event.originator_version)
         before = entity.fields if entity is not None else {}
         after, changed = self._replay(event, before)
         if entity_type == "Organization":
@@ -132,9 +137,8 @@ class AuditProjection(ViewProjection):
             org_uid = found if isinstance(found, str) and found else None
             org_uid = org_uid or (entity.org_uid if entity else None)
         key = self._key(entity_type, after) or (entity.key if entity else None)
-        self._cache[entity_id] = _Entity(
-            org_uid, entity_type, key, after, event.originator_version, dirty=True
-        )
+        self._cache.pop(entity_id, None)  # most recently used last
+        self._cache[entity_id] = _Entity(org_uid, entity_type, key, after, event.originator_version)
         meta = getattr(event, "meta", None) or {}
         changes = {k: {"before": before.get(k), "after": after.get(k)} for k in sorted(changed)}
         self._rows.append(
@@ -190,47 +194,34 @@ class AuditProjection(ViewProjection):
         value = fields.get(field) if field else None
         return None if value is None else str(value)
 
-    def _entity(self, entity_id: str, version: int) -> _Entity | None:
+    def _entity(self, entity_id: str, entity_type: str, version: int) -> _Entity | None:
         found = self._cache.get(entity_id)
-        if found is not None or version == 1 or self._db is None:
+        if found is not None or version == 1 or self._state_at is None:
             return found
-        rows = self._db.query(
-            "SELECT org_uid, entity_type, entity_key, fields, version FROM audit_entities"
-            " WHERE entity_id = ?",
-            (entity_id,),
-        )
         self.lookups += 1
-        if not rows:
+        try:
+            values = self._state_at(entity_id, version - 1)
+        except Exception:  # noqa: BLE001 - before unknown: the row still says what changed
+            log.exception(
+                "audit: cannot read %s %s back from the event store", entity_type, entity_id
+            )
+            values = None
+        if values is None:
             return None
-        org_uid, entity_type, key, fields, known = rows[0]
-        return _Entity(org_uid, entity_type, key, json.loads(fields), int(known))
+        fields = {k: _jsonable(v) for k, v in values.items() if k[0] != "_" and k not in HIDDEN}
+        org_uid = entity_id if entity_type == "Organization" else fields.get("org_uid")
+        return _Entity(
+            org_uid if isinstance(org_uid, str) and org_uid else None,
+            entity_type,
+            self._key(entity_type, fields),
+            fields,
+            version - 1,
+        )
 
     # -- writing ------------------------------------------------------------------------
     def flush(self, tx: Tx) -> None:
         # bulk paths: COPY on PostgreSQL (one round trip per batch), executemany on SQLite
         tx.bulk_insert("audit_trail", AUDIT_FIELDS, self._rows)
-        self._rows.clear()
-        dirty = [(i, e) for i, e in self._cache.items() if e.dirty]
-        tx.bulk_upsert(
-            "audit_entities",
-            ("entity_id",),
-            ("entity_id", "org_uid", "entity_type", "entity_key", "fields", "version"),
-            [
-                (
-                    i,
-                    e.org_uid,
-                    e.entity_type,
-                    e.key,
-                    json.dumps(e.fields, sort_keys=True),
-                    e.version,
-                )
-                for i, e in dirty
-            ],
-        )
-
-    def after_commit(self) -> None:
-        if len(self._cache) > CACHE_LIMIT:
-            self._cache.clear()  # everything is committed: later misses read the table
-            return
-        for entity in self._cache.values():
-            entity.dirty = False
+        self._rows = []  # the runner may still hold the list it was given
+        while len(self._cache) > CACHE_LIMIT:  # least recently used first
+            del self._cache[next(iter(self._cache))]

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from application.lookup import CertRow, LookupChanges, PolicyRow
-from domain.x509 import CertificateFacts, is_issued_by, parse_bundle
+from domain.x509 import signature_verifies
 from projections.base import Handler, ViewProjection
 from projections.db import Tx, ViewDb
 
@@ -105,11 +104,6 @@ class _Cert:
             self.position,
             int(self.seen),
         )
-
-
-@lru_cache(maxsize=4096)
-def _facts(pem: str) -> CertificateFacts:
-    return parse_bundle(pem.encode())[0]
 
 
 def _epoch(value: str) -> float:
@@ -240,7 +234,7 @@ class LookupProjection(ViewProjection):
                     continue
                 if cert.aki and parent.ski and cert.aki != parent.ski:
                     continue
-                if is_issued_by(_facts(cert.pem), _facts(parent.pem)):
+                if signature_verifies(cert.pem, parent.pem):
                     cert.parent_id = parent.certificate_id
                     break
         if old:

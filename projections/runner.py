@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from projections.base import ViewProjection
-from projections.db import ViewDb
+from projections.db import Row, ViewDb
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,63 @@ TRACKING = (
     "CREATE TABLE IF NOT EXISTS projection_tracking ("
     " name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 )
+SAVE_POSITION = (
+    "INSERT INTO projection_tracking (name, position) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
+
+
+class RecordedWrites:
+    """What the projections' `flush` asked for, kept to be written later by the writer thread.
+
+    Rows are taken as they are at flush time (projections build fresh row lists of plain
+    values), so the next batch can be applied in memory while this one is being written.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.calls.append(("execute", (sql, tuple(params))))
+        return []  # flushes only write; nothing they run returns rows
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.calls.append(("executemany", (sql, list(rows))))
+
+    def bulk_insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            self.calls.append(("bulk_insert", (table, tuple(columns), list(rows))))
+
+    def bulk_upsert(
+        self, table: str, key: Sequence[str], columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            self.calls.append(("bulk_upsert", (table, tuple(key), tuple(columns), list(rows))))
+
+    def bulk_update(
+        self, table: str, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            self.calls.append(("bulk_update", (table, key, tuple(columns), list(rows))))
+
+
+def _succeeded(future: Future[None]) -> bool:
+    """Wait for a write still running; True when it committed."""
+    try:
+        future.result()
+    except BaseException:  # noqa: BLE001 - the caller re-raises its own error
+        return False
+    return True
+
+
+class _Batch:
+    """One batch applied in memory: its writes, the projections it moved, its last position."""
+
+    def __init__(self, writes: RecordedWrites, moved: list[ViewProjection], last: int, size: int):
+        self.writes, self.moved, self.last, self.size = writes, moved, last, size
 
 
 class ProjectionRunner:
@@ -23,6 +81,11 @@ class ProjectionRunner:
 
     Each batch: decode events once, let every projection behind that position apply them,
     then one transaction writes all projections' rows and their tracking positions.
+
+    Catching up is a three-stage pipeline over two threads: the next batch is read from the
+    event store while the current one is applied in memory, and the previous one is written
+    by the writer thread (still one transaction per batch, rows with their positions). If a
+    write fails, every projection is reloaded from its tables and the batch is read again.
     """
 
     def __init__(
@@ -38,11 +101,14 @@ class ProjectionRunner:
         self.projections = list(projections)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self._positions: dict[str, int] = {}
+        self._positions: dict[str, int] = {}  # committed
+        self._applied: dict[str, int] = {}  # applied in memory (>= committed)
         self._cond = threading.Condition()
+        self._lock = threading.RLock()  # one batch at a time: catch-up, wait() and the loop
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._io: ThreadPoolExecutor | None = None  # reader + writer of the catch-up pipeline
         self.processed = 0
         self.error: BaseException | None = None
         self._setup()
@@ -81,6 +147,7 @@ class ProjectionRunner:
         for projection in self.projections:
             self._positions[projection.name] = int(rows.get(projection.name, 0))
             projection.load(self.db)
+        self._applied = dict(self._positions)
 
     @property
     def position(self) -> int:
@@ -89,58 +156,103 @@ class ProjectionRunner:
     def position_of(self, name: str) -> int:
         return self._positions[name]
 
-    def run_once(self) -> int:
-        """Process one batch; returns how many notifications were read."""
-        start = self.position
-        notifications = self.app.recorder.select_notifications(
-            start=start, limit=self.batch_size, inclusive_of_start=False
+    # -- one batch, in three steps --------------------------------------------------
+    def _read(self, after: int) -> list[Any]:
+        notifications: list[Any] = self.app.recorder.select_notifications(
+            start=after, limit=self.batch_size, inclusive_of_start=False
         )
-        if not notifications:
-            return 0
+        return notifications
+
+    def _apply(self, notifications: list[Any]) -> _Batch:
+        """Apply in memory and take the rows to write; nothing is written yet."""
         last = notifications[-1].id
-        behind = [p for p in self.projections if self._positions[p.name] < last]
-        try:
-            for notification in notifications:
-                event = self.app.mapper.to_domain_event(notification)
-                for projection in behind:
-                    if notification.id > self._positions[projection.name]:
-                        projection.apply(event, notification.id)
-            with self.db.transaction() as tx:
-                for projection in behind:
-                    projection.flush(tx)
-                tx.executemany(
-                    "INSERT INTO projection_tracking (name, position) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                    [(p.name, last) for p in behind],
-                )
-        except BaseException:
-            self._reload()
-            raise
-        for projection in behind:
+        moved = [p for p in self.projections if self._applied[p.name] < last]
+        to_event = self.app.mapper.to_domain_event
+        applied = self._applied
+        for notification in notifications:
+            event = to_event(notification)
+            position = notification.id
+            for projection in moved:
+                if position > applied[projection.name]:
+                    projection.apply(event, position)
+        writes = RecordedWrites()
+        for projection in moved:
+            projection.flush(writes)
+        writes.executemany(SAVE_POSITION, [(p.name, last) for p in moved])
+        for projection in moved:
+            applied[projection.name] = last
+        return _Batch(writes, moved, last, len(notifications))
+
+    def _write(self, batch: _Batch) -> None:
+        with self.db.transaction() as tx:
+            for method, args in batch.writes.calls:
+                getattr(tx, method)(*args)
+
+    def _committed(self, batch: _Batch) -> None:
+        for projection in batch.moved:
             projection.after_commit()  # before waking readers: the index and the trust
             # directory must reflect what a waiting HTTP request just wrote
         with self._cond:
-            for projection in behind:
-                self._positions[projection.name] = last
-            self.processed += len(notifications)
+            for projection in batch.moved:
+                self._positions[projection.name] = batch.last
+            self.processed += batch.size
             self._cond.notify_all()
-        return len(notifications)
 
-    def catch_up(self) -> int:
+    def run_once(self) -> int:
+        """Process one batch; returns how many notifications were read."""
+        with self._lock:
+            notifications = self._read(min(self._applied.values(), default=0))
+            if not notifications:
+                return 0
+            try:
+                batch = self._apply(notifications)
+                self._write(batch)
+            except BaseException:
+                self._reload()
+                raise
+            self._committed(batch)
+            return batch.size
+
+    def catch_up(self, stop: threading.Event | None = None) -> int:
+        """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
         total = 0
-        while n := self.run_once():
-            total += n
+        with self._lock:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(2, thread_name_prefix="projections-io")
+            io = self._io
+            writing: tuple[Future[None], _Batch] | None = None
+            try:
+                reading = io.submit(self._read, min(self._applied.values(), default=0))
+                while (notifications := reading.result()) and not (stop and stop.is_set()):
+                    reading = io.submit(self._read, notifications[-1].id)
+                    batch = self._apply(notifications)
+                    if writing is not None:
+                        total += self._finish(*writing)
+                    writing = (io.submit(self._write, batch), batch)
+                if writing is not None:
+                    total += self._finish(*writing)
+            except BaseException:
+                if writing is not None and _succeeded(writing[0]):
+                    self._committed(writing[1])  # it is in the tables: let readers know
+                self._reload()
+                raise
         return total
+
+    def _finish(self, writing: Future[None], batch: _Batch) -> int:
+        writing.result()
+        self._committed(batch)
+        return batch.size
 
     def rebuild(self, names: Sequence[str] | None = None) -> int:
         """Drop the named (default: all) read models and replay the whole log into them."""
         chosen = [p for p in self.projections if names is None or p.name in names]
-        with self.db.transaction() as tx:
-            for projection in chosen:
-                projection.reset(tx)
-                tx.execute("DELETE FROM projection_tracking WHERE name = ?", (projection.name,))
-        self._reload()
-        return self.catch_up()
+        with self._lock:
+            with self.db.transaction() as tx:
+                for projection in chosen:
+                    projection.reset(tx)
+                    tx.execute("DELETE FROM projection_tracking WHERE name = ?", (projection.name,))
+            self._reload()
+            return self.catch_up()
 
     # -- background ---------------------------------------------------------
     def poke(self, _position: int = 0) -> None:
@@ -168,12 +280,15 @@ class ProjectionRunner:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        with self._lock:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                while self.run_once() and not self._stop.is_set():
-                    pass
+                self.catch_up(self._stop)
                 self.error = None
             except Exception as exc:  # keep running; the next poll retries the batch
                 log.exception("projection batch failed")
