@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from adapters.device_agent import DeviceAgent, DeviceConfig
 from tests import factories as f
@@ -14,6 +20,7 @@ from tests.e2e.conftest import ADMIN, Stack
 from tests.integration.broker.support import wait_until
 
 FLEET = 20
+FD_SETSIZE = 1024  # select() cannot watch a descriptor numbered this or above
 POLICY = [
     {
         "topics": ["${org.uid}/manage/cert/+/cid/${component.id}"],
@@ -106,3 +113,55 @@ def test_a_roll_all_operation_rolls_every_agent_and_retires_every_old_certificat
     for _, agent in enrolled:
         agent.stop()
     assert old_ids
+
+
+@contextmanager
+def descriptors_taken_below(n: int) -> Iterator[None]:
+    """Hold every descriptor below n, so the sockets opened meanwhile are numbered n or above."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n + 256:
+        pytest.skip(f"descriptor hard limit {hard} is below {n + 256}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 256), hard))
+    held = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while held[-1] < n - 1:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def socket_number(agent: DeviceAgent) -> int:
+    assert agent.main is not None
+    sock = agent.main.client.socket()
+    assert sock is not None
+    return sock.fileno()
+
+
+def test_an_agent_whose_sockets_are_numbered_above_fd_setsize_connects_and_rolls(
+    stack: Stack,
+) -> None:
+    """A process with many files open (e.g. one hosting 200 agents) gets socket numbers
+    select() cannot watch; the agent must still see its CONNACKs and roll."""
+    org = stack.org(POLICY)
+    stack.cw.registry.create_folder(org, "/fleet", ADMIN)
+    old_id, agent = enrol(stack, org, f"dev-{uuid.uuid4().hex[:6]}-high-fd")
+    stack.cw.sync()
+    with descriptors_taken_below(FD_SETSIZE):
+        agent.start()
+        try:
+            assert socket_number(agent) >= FD_SETSIZE
+            op = stack.cw.registry.create_operation(
+                org, {"name": "roll one", "op_type": "ROLL_ALL", "folder": "/fleet"}, ADMIN
+            )
+            stack.cw.registry.execute_operation(org, str(op.id), ADMIN)
+            assert wait_until(lambda: agent.rolls == 1, timeout=60), agent.events
+            assert socket_number(agent) >= FD_SETSIZE
+            assert agent.main is not None and agent.main.connected.is_set()
+        finally:
+            agent.stop()
+    stack.cw.sync()
+    history, _ = stack.cw.audit.query(org, entity_id=old_id, newest_first=False)
+    assert "Rolled" in [h["event_type"] for h in history]
