@@ -195,8 +195,7 @@ class TestAuditTrailOnSqlite(TestAuditTrailInMemory):
         cw.close()
         views = sqlite3.connect(cw.settings.views_path)
         views.executescript(
-            "DROP TABLE audit_trail;"
-            " CREATE TABLE audit_log (position BIGINT PRIMARY KEY);"
+            "DROP TABLE audit_trail; CREATE TABLE audit_log (position BIGINT PRIMARY KEY);"
         )
         views.close()
         again = bootstrap(cw.settings)
