@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from eventsourcing.domain import CanInitAggregate
 from eventsourcing.utils import get_topic, resolve_topic
 
@@ -37,6 +38,13 @@ CACHE_LIMIT = 50_000  # entities whose last-known fields are kept in memory
 
 StateAt = Callable[[str, int], dict[str, Any] | None]
 """(entity id, version) -> the aggregate's attributes at that version, None if unknown."""
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer wider than 64 bits
+        return json.dumps(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -156,7 +164,7 @@ class AuditProjection(ViewProjection):
                 meta.get("actor_owner"),
                 meta.get("request_id"),
                 meta.get("source_ip"),
-                json.dumps(changes),
+                _dumps(changes),
             )
         )
 

@@ -40,6 +40,12 @@ class ViewProjection:
         if handler is not None:
             handler(event, position)
 
+    def handler_for(self, event_class: type[Any]) -> Handler | None:
+        """What `apply` calls for events of this class (None: they are ignored)."""
+        if type(self).apply is not ViewProjection.apply:
+            return self.apply  # a projection with its own `apply` sees every event
+        return self._handlers.get(event_class.__qualname__)
+
     def flush(self, tx: Tx) -> None:
         """Write pending rows inside the batch transaction."""
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from projections.base import ViewProjection
+from projections.base import Handler, ViewProjection
 from projections.db import Row, ViewDb
 
 log = logging.getLogger(__name__)
@@ -157,22 +157,34 @@ class ProjectionRunner:
         return self._positions[name]
 
     # -- one batch, in three steps --------------------------------------------------
-    def _read(self, after: int) -> list[Any]:
-        notifications: list[Any] = self.app.recorder.select_notifications(
-            start=after, limit=self.batch_size, inclusive_of_start=False
-        )
-        return notifications
-
-    def _apply(self, notifications: list[Any]) -> _Batch:
-        """Apply in memory and take the rows to write; nothing is written yet."""
-        last = notifications[-1].id
-        moved = [p for p in self.projections if self._applied[p.name] < last]
+    def _read(self, after: int) -> list[tuple[int, Any]]:
+        """The next batch as (position, domain event); decoding is done here, off the apply
+        thread (decompression releases the GIL)."""
         to_event = self.app.mapper.to_domain_event
+        return [
+            (n.id, to_event(n))
+            for n in self.app.recorder.select_notifications(
+                start=after, limit=self.batch_size, inclusive_of_start=False
+            )
+        ]
+
+    def _apply(self, notifications: list[tuple[int, Any]]) -> _Batch:
+        """Apply in memory and take the rows to write; nothing is written yet."""
+        last = notifications[-1][0]
         applied = self._applied
-        for notification in notifications:
-            event = to_event(notification)
-            position = notification.id
-            for projection in moved:
+        moved = [p for p in self.projections if applied[p.name] < last]
+        first = notifications[0][0]
+        whole = [p for p in moved if applied[p.name] < first]  # the usual case: all of them
+        part = [p for p in moved if applied[p.name] >= first]
+        handlers: dict[type[Any], list[Handler]] = {}  # per event class, of `whole`
+        for position, event in notifications:
+            cls = type(event)
+            found = handlers.get(cls)
+            if found is None:
+                found = handlers[cls] = [h for p in whole if (h := p.handler_for(cls)) is not None]
+            for handler in found:
+                handler(event, position)
+            for projection in part:
                 if position > applied[projection.name]:
                     projection.apply(event, position)
         writes = RecordedWrites()
@@ -224,7 +236,7 @@ class ProjectionRunner:
             try:
                 reading = io.submit(self._read, min(self._applied.values(), default=0))
                 while (notifications := reading.result()) and not (stop and stop.is_set()):
-                    reading = io.submit(self._read, notifications[-1].id)
+                    reading = io.submit(self._read, notifications[-1][0])
                     batch = self._apply(notifications)
                     if writing is not None:
                         total += self._finish(*writing)
