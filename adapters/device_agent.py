@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,11 +173,15 @@ class Connection:
         self._wake_w.setblocking(False)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._was_connected = False
+        # called from the I/O thread when a session that had its CONNACK ends without close()
+        self.on_lost: Callable[[Connection], None] | None = None
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self.refused = reason.value
         else:
+            self._was_connected = True
             self.connected.set()
         self.settled.set()
 
@@ -255,6 +260,8 @@ class Connection:
                 self.connected.clear()
                 self.settled.set()
             self._release()
+            if self._was_connected and not self._closing.is_set() and self.on_lost is not None:
+                self.on_lost(self)
 
     def _release(self) -> None:
         for end in (self._wake_r, self._wake_w):
@@ -275,6 +282,7 @@ class DeviceAgent:
         self._replies: dict[bytes, dict[str, Any]] = {}
         self._reply_ready = threading.Condition()
         self._busy = threading.Lock()
+        self._stopping = threading.Event()
         self.rolls = 0
         self.events: list[str] = []
 
@@ -283,11 +291,13 @@ class DeviceAgent:
         return f"{self.cfg.org_uid}/{suffix}".replace("{c}", self.cfg.component_id)
 
     def start(self) -> None:
+        self._stopping.clear()
         self.main = self._open(self.cfg.cert_path, self.cfg.key_path, self.cfg.truststore_path)
         if self.main is None:
             raise RuntimeError("could not connect with the current certificate")
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.main is not None:
             self.main.close()
 
@@ -296,6 +306,7 @@ class DeviceAgent:
             self.cfg, cert, key, ca, f"{self.cfg.component_id}-{uuid.uuid4().hex[:6]}"
         )
         conn.client.on_message = self._on_message
+        conn.on_lost = self._lost
         if not conn.open(self.cfg.reply_timeout):
             return None
         if self.cfg.org_uid is None:
@@ -314,6 +325,25 @@ class DeviceAgent:
         ):
             conn.client.subscribe(self.topic(suffix), qos=1)
         return conn
+
+    def _lost(self, conn: Connection) -> None:
+        if conn is self.main and not self._stopping.is_set():
+            threading.Thread(target=self._reconnect, args=(conn,), daemon=True).start()
+
+    def _reconnect(self, lost: Connection) -> None:
+        """The broker dropped the main session: reopen it (subscriptions included) with the
+        current certificate, backing off from 0.5 s to 30 s, until it works or stop()."""
+        delay = 0.5
+        while not self._stopping.wait(delay):
+            with self._busy:
+                if self.main is not lost:
+                    return  # a roll or a restart replaced it meanwhile
+                fresh = self._open(self.cfg.cert_path, self.cfg.key_path, self.cfg.truststore_path)
+                if fresh is not None:
+                    self.main = fresh
+                    self.events.append("reconnected")
+                    return
+            delay = min(delay * 2, 30.0)
 
     # -- request / reply ------------------------------------------------------
     def _request(

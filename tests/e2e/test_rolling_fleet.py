@@ -165,3 +165,28 @@ def test_an_agent_whose_sockets_are_numbered_above_fd_setsize_connects_and_rolls
     stack.cw.sync()
     history, _ = stack.cw.audit.query(org, entity_id=old_id, newest_first=False)
     assert "Rolled" in [h["event_type"] for h in history]
+
+
+def test_an_agent_whose_session_is_dropped_reconnects_and_still_rolls(stack: Stack) -> None:
+    org = stack.org(POLICY)
+    stack.cw.registry.create_folder(org, "/fleet", ADMIN)
+    cid, agent = enrol(stack, org, f"dev-{uuid.uuid4().hex[:6]}-dropped")
+    stack.cw.sync()
+    agent.start()
+    try:
+        first = agent.main
+        assert first is not None
+        stack.cw.registry.update_certificate(org, cid, {"status": "INACTIVE"}, ADMIN)
+        assert wait_until(lambda: not first.connected.is_set(), timeout=10)
+        stack.cw.registry.update_certificate(org, cid, {"status": "ACTIVE"}, ADMIN)
+        # back with its subscriptions: the roll command below must reach it
+        assert wait_until(
+            lambda: agent.main is not None and agent.main.connected.is_set(), timeout=30
+        ), agent.events
+        op = stack.cw.registry.create_operation(
+            org, {"name": "roll after drop", "op_type": "ROLL_ALL", "folder": "/fleet"}, ADMIN
+        )
+        stack.cw.registry.execute_operation(org, str(op.id), ADMIN)
+        assert wait_until(lambda: agent.rolls == 1, timeout=60), agent.events
+    finally:
+        agent.stop()
