@@ -75,6 +75,7 @@ class Plan:
     cut_position: int | None = None
     cut_time: str | None = None
     last_hash: str = ""
+    file_digest: str = ""  # SHA-256 of the verified file's bytes: pass 2 must read the same
     owned: dict[UUID, tuple[str, int]] = field(default_factory=dict)  # id -> (aggregate, version)
     claims: dict[UUID, _Claim] = field(default_factory=dict)  # shared claims at the cut
     organizations: set[UUID] = field(default_factory=set)
@@ -109,6 +110,7 @@ class Restorer:
         plan = Plan(manifest)
         progress.phase("verify", manifest.event_count)
         cut = Cut(until, until_position)
+        bounded = until is not None or until_position is not None
         versions: dict[UUID, tuple[str, int]] = {}
         shared: dict[UUID, str] = {}
         last_time: datetime | None = None
@@ -118,7 +120,7 @@ class Restorer:
             plan.events_in_file += 1
             if plan.events_in_file % 1000 == 0:
                 progress.advance(1000)
-            if not cut.admits(record, reservation):
+            if bounded and not cut.admits(record, reservation):
                 continue
             plan.last_line, plan.cut_position = record.line, record.position
             last_time = record.state["timestamp"]
@@ -130,7 +132,7 @@ class Restorer:
             else:
                 self._track_claim(plan, record, claim)
         progress.advance(plan.events_in_file % 1000)
-        plan.last_hash = reader.last_hash
+        plan.last_hash, plan.file_digest = reader.last_hash, reader.file_digest
         plan.cut_time = last_time.isoformat() if last_time else None
         if manifest.scope == "organization" and not plan.organizations:
             raise InvalidInput(
@@ -256,7 +258,7 @@ class Restorer:
         if conflicts:
             raise RestoreRefused(conflicts)
         source.seek(0)
-        progress.phase("restore", plan.restored)
+        progress.phase("write", plan.restored)
         try:
             written = self.backups.store.insert_atomically(
                 self._batches(source, plan, claims, progress)
@@ -286,7 +288,7 @@ class Restorer:
                 progress.advance(len(batch))
                 yield batch
                 batch = []
-        if reader.last_hash != plan.last_hash:
+        if reader.file_digest != plan.file_digest:
             raise BackupFormatError(0, "the file changed between verification and writing")
         progress.advance(len(batch))
         yield [*batch, *claims]

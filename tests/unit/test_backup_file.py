@@ -253,3 +253,27 @@ def test_progress_bars_show_on_a_terminal_and_stay_silent_otherwise() -> None:
             progress.phase("read models", None)
     assert "verify" in shown.getvalue() and "10/10" in shown.getvalue()
     assert hidden.getvalue() == ""
+
+
+def test_a_file_edited_between_verification_and_writing_writes_nothing(
+    good: bytes, target: Certwarden, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = unpack(good)
+    lines[5] = lines[5].replace(b'"name":"', b'"name":"x', 1)
+    edited = pack(lines)
+    restorer = services(target)[1]
+    verify = restorer.verify
+
+    def verify_then_edit(source: io.BytesIO, *args: Any, **kwargs: Any) -> Any:
+        plan = verify(source, *args, **kwargs)
+        source.seek(0)
+        source.write(edited)
+        source.truncate()
+        return plan
+
+    monkeypatch.setattr(restorer, "verify", verify_then_edit)
+    before = target.registry.max_position()
+    with pytest.raises(InvalidInput) as caught:
+        restorer.restore(io.BytesIO(good))
+    assert "changed" in caught.value.detail
+    assert target.registry.max_position() == before
