@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from projections.db import Tx, ViewDb
@@ -45,6 +45,13 @@ class ViewProjection:
         if type(self).apply is not ViewProjection.apply:
             return self.apply  # a projection with its own `apply` sees every event
         return self._handlers.get(event_class.__qualname__)
+
+    def prefetch(self, batch: Sequence[tuple[int, Any]]) -> None:
+        """Work on the next batch, run on the reader thread while the current one is applied.
+
+        Only pure computations whose results are hints (a cache the apply thread may use):
+        never read or change what `apply` reads or changes.
+        """
 
     def flush(self, tx: Tx) -> None:
         """Write pending rows inside the batch transaction."""

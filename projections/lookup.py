@@ -8,6 +8,7 @@ root imported in the same organization (issuer resolved by DN + AKI, signature v
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -106,6 +107,9 @@ class _Cert:
         )
 
 
+PREFETCH_LIMIT = 100_000
+
+
 def _epoch(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
@@ -128,6 +132,9 @@ class LookupProjection(ViewProjection):
         self.policy_keys: dict[str, tuple[str, str]] = {}  # aggregate id -> (org, policy id)
         self._dirty: set[str] = set()
         self._dirty_policies: dict[tuple[str, str], tuple[str, int]] = {}
+        # Signature checks done ahead on the reader thread (see `prefetch`): hints only.
+        self._issuers: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+        self._verified: dict[tuple[str, str], bool] = {}
 
     def schema(self) -> list[str]:
         return [
@@ -177,6 +184,11 @@ class LookupProjection(ViewProjection):
             data["chain"] = json.loads(data["chain"])
             cert = _Cert(**data)
             self._index(cert)
+        for cert in self.certs.values():
+            if cert.self_signed or cert.certificate_id in self.children:
+                self._issuers.setdefault((cert.org_uid, cert.subject_key), []).append(
+                    (cert.pem, cert.ski)
+                )
         for agg, org, pid, sets, deleted in db.query(
             "SELECT aggregate_id, org_uid, policy_id, permission_sets, deleted FROM lookup_policies"
         ):
@@ -194,6 +206,30 @@ class LookupProjection(ViewProjection):
     def _touch(self, cert: _Cert, position: int) -> None:
         cert.position = position
         self._dirty.add(cert.certificate_id)
+
+    def prefetch(self, batch: Sequence[tuple[int, Any]]) -> None:
+        """On the reader thread: check the signatures the next batch's imports will need.
+
+        Verifying is the costly part of resolving a chain and releases the GIL, so it runs
+        beside the apply thread. Issuers are tracked from the event stream itself (never from
+        the apply thread's state); a result is a pure function of the two PEMs, so a stale or
+        missing one only means `_resolve_parent` verifies by itself.
+        """
+        if len(self._verified) > PREFETCH_LIMIT:
+            self._verified.clear()  # speculation that was never used
+        for _, event in batch:
+            if type(event).__qualname__ != "Certificate.Imported":
+                continue
+            f = event.facts
+            if f["self_signed"] or f.get("ca_detected"):
+                issuers = self._issuers.setdefault((event.org_uid, f["subject_key"]), [])
+                issuers.append((f["pem"], f.get("ski")))
+            if f["self_signed"]:
+                continue
+            aki = f.get("aki")
+            for pem, ski in self._issuers.get((event.org_uid, f["issuer_key"]), ()):
+                if pem != f["pem"] and not (aki and ski and aki != ski):
+                    self._verified[(f["pem"], pem)] = signature_verifies(f["pem"], pem)
 
     # -- handlers ---------------------------------------------------------------
     def _imported(self, event: Any, position: int) -> None:
@@ -234,7 +270,10 @@ class LookupProjection(ViewProjection):
                     continue
                 if cert.aki and parent.ski and cert.aki != parent.ski:
                     continue
-                if signature_verifies(cert.pem, parent.pem):
+                verified = self._verified.pop((cert.pem, parent.pem), None)
+                if verified is None:
+                    verified = signature_verifies(cert.pem, parent.pem)
+                if verified:
                     cert.parent_id = parent.certificate_id
                     break
         if old:

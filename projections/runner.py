@@ -108,6 +108,9 @@ class ProjectionRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._prefetching = [
+            p for p in self.projections if type(p).prefetch is not ViewProjection.prefetch
+        ]
         self._io: ThreadPoolExecutor | None = None  # reader + writer of the catch-up pipeline
         self.processed = 0
         self.error: BaseException | None = None
@@ -161,12 +164,15 @@ class ProjectionRunner:
         """The next batch as (position, domain event); decoding is done here, off the apply
         thread (decompression releases the GIL)."""
         to_event = self.app.mapper.to_domain_event
-        return [
+        batch = [
             (n.id, to_event(n))
             for n in self.app.recorder.select_notifications(
                 start=after, limit=self.batch_size, inclusive_of_start=False
             )
         ]
+        for projection in self._prefetching:
+            projection.prefetch(batch)
+        return batch
 
     def _apply(self, notifications: list[tuple[int, Any]]) -> _Batch:
         """Apply in memory and take the rows to write; nothing is written yet."""

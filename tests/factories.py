@@ -47,6 +47,36 @@ def make_root(
     return _issue(name, key, name, key, ca=True, usage=usage, window=(not_before, not_after))
 
 
+def make_impostor(of: Issued) -> Issued:
+    """A self-signed CA with the same DN and the same subject key identifier as `of` but
+    another key: only a signature check tells it apart."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    ski = of.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    not_before, not_after = _validity(None, None)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(of.cert.subject)
+        .issuer_name(of.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=False, key_cert_sign=True, crl_sign=True), critical=True
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(
+        cert=cert,
+        key=key,
+        pem=cert.public_bytes(serialization.Encoding.PEM),
+        der=cert.public_bytes(serialization.Encoding.DER),
+        key_pem=b"",
+    )
+
+
 def make_intermediate(
     issuer: Issued,
     cn: str = "Test Intermediate",

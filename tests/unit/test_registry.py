@@ -131,6 +131,24 @@ class TestRegistryInMemory:
         cw.sync()
         assert cw.authorization.authorize_connect(connect).allowed
 
+    def test_an_issuer_with_the_same_name_and_key_id_but_another_key_is_not_the_parent(
+        self, cw: Certwarden
+    ) -> None:
+        org = new_org(cw)
+        root = f.make_root(f.unique_cn("root"))
+        leaf = f.make_leaf(root, f.unique_cn())
+        (impostor,) = cw.registry.import_certificates(org, f.make_impostor(root).pem, ADMIN)
+        (placed,) = cw.registry.import_certificates(org, leaf.pem, ADMIN, policy_id="devices")
+        cw.sync()
+        connect = ConnectRequest(leaf.der, "c", "127.0.0.1")
+        assert cw.authorization.authorize_connect(connect).reason == "incomplete-chain"
+        cw.registry.delete_certificate(org, impostor.certificate_id, ADMIN)  # its DN is taken
+        (real,) = cw.registry.import_certificates(org, root.pem, ADMIN)
+        cw.sync()
+        assert cw.authorization.authorize_connect(connect).allowed
+        chain = cw.lookup.chain(placed.certificate_id)
+        assert chain is not None and chain["issuer_id"] == real.certificate_id
+
     def test_a_chain_from_another_organization_does_not_count(self, cw: Certwarden) -> None:
         a, b = new_org(cw), new_org(cw)
         root, inter, leaf = f.make_chain()
