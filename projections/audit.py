@@ -59,6 +59,7 @@ def _jsonable(value: Any) -> Any:
 
 
 _AGGREGATE_OF: dict[type[Any], type[Any]] = {}
+_NAMES: dict[type[Any], tuple[str, str]] = {}  # event class -> (entity type, event type)
 
 
 def _aggregate_class(event_cls: type[Any]) -> type[Any]:
@@ -131,24 +132,30 @@ class AuditProjection(ViewProjection):
 
     # -- applying events ------------------------------------------------------------
     def apply(self, event: Any, position: int) -> None:
-        entity_type, _, event_type = event_name(event).partition(".")
+        names = _NAMES.get(type(event))
+        if names is None:
+            entity_part, _, event_part = event_name(event).partition(".")
+            names = _NAMES[type(event)] = (entity_part, event_part)
+        entity_type, event_type = names
         if entity_type in SKIPPED_TYPES:
             return
         entity_id = str(event.originator_id)
         entity = self._entity(entity_id, entity_type, event.originator_version)
-        before = entity.fields if entity is not None else {}
-        after, changed = self._replay(event, before)
+        fields = entity.fields if entity is not None else {}
+        before = self._replay(event, fields)  # `fields` is now the state after the event
         if entity_type == "Organization":
             org_uid: str | None = entity_id
         else:
-            found = after.get("org_uid")
+            found = fields.get("org_uid")
             org_uid = found if isinstance(found, str) and found else None
             org_uid = org_uid or (entity.org_uid if entity else None)
-        key = self._key(entity_type, after) or (entity.key if entity else None)
+        key = (entity.key if entity else None) or self._key(entity_type, fields)
         self._cache.pop(entity_id, None)  # most recently used last
-        self._cache[entity_id] = _Entity(org_uid, entity_type, key, after, event.originator_version)
+        self._cache[entity_id] = _Entity(
+            org_uid, entity_type, key, fields, event.originator_version
+        )
         meta = getattr(event, "meta", None) or {}
-        changes = {k: {"before": before.get(k), "after": after.get(k)} for k in sorted(changed)}
+        changes = {k: {"before": before[k], "after": fields[k]} for k in sorted(before)}
         self._rows.append(
             (
                 position,
@@ -169,29 +176,29 @@ class AuditProjection(ViewProjection):
         )
 
     @staticmethod
-    def _replay(event: Any, before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        """(fields after the event, names of the fields it changed)."""
+    def _replay(event: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        """Apply `event` to `fields` in place; returns the changed fields' values before it."""
         try:
             if isinstance(event, CanInitAggregate):
                 values = vars(event.mutate(None))
             else:
                 shadow: Any = object.__new__(_aggregate_class(type(event)))
-                shadow.__dict__.update(before)
+                shadow.__dict__.update(fields)
                 event.apply(shadow)
                 values = vars(shadow)
         except Exception:  # noqa: BLE001 - see the class docstring: fall back, never stop
             values = {k: v for k, v in vars(event).items() if k not in EVENT_ONLY}
-        after = dict(before)
-        changed = []
+        before: dict[str, Any] = {}
         for k, v in values.items():
-            # a field the event did not touch is still the very object it was in `before`
-            if before.get(k, _ABSENT) is v or k[0] == "_" or k in HIDDEN:
+            # a field the event did not touch is still the very object it was in `fields`
+            old = fields.get(k, _ABSENT)
+            if old is v or k[0] == "_" or k in HIDDEN:
                 continue
             v = _jsonable(v)
-            if k not in before or before[k] != v:
-                after[k] = v
-                changed.append(k)
-        return after, changed
+            if old is _ABSENT or old != v:
+                before[k] = None if old is _ABSENT else old
+                fields[k] = v
+        return before
 
     @staticmethod
     def _key(entity_type: str, fields: dict[str, Any]) -> str | None:
