@@ -280,7 +280,7 @@ class Restorer:
         batch: list[StoredEvent] = []
         for raw in reader.replay(source, skip=plan.claims):
             if raw.line > plan.last_line:
-                continue  # read on: the chain must be recomputed to the end
+                continue  # read on: the file digest covers every byte
             batch.append(
                 StoredEvent(raw.originator_id, raw.version, raw.topic, compress(raw.state))
             )
