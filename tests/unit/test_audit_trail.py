@@ -85,6 +85,14 @@ class TestAuditTrailInMemory:
         assert audit_projection(cw).lookups == 0
         assert cw.audit.query(org, newest_first=False)[0] == before
 
+    def test_a_rebuild_builds_the_secondary_indexes_again(self, cw: Certwarden) -> None:
+        new_cert(cw)
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
+        before = {r[0] for r in cw.db.query(query)}
+        assert {"audit_trail_org", "lookup_certificates_fp"} <= before
+        cw.runner.rebuild()
+        assert {r[0] for r in cw.db.query(query)} == before
+
     def test_the_trail_filters_by_actor_kind_and_several_event_types(self, cw: Certwarden) -> None:
         org, cid = new_cert(cw)
         cw.registry.update_certificate(org, cid, {"status": "INACTIVE"}, ADMIN)
