@@ -148,6 +148,19 @@ class PahoCommandPublisher:
     def mark(self) -> int:
         return self._sequence
 
+    @property
+    def error(self) -> str | None:
+        """Why the connection or a publish failed, once it has."""
+        return self._error
+
+    def acknowledged(self) -> int:
+        """The highest mark every message up to which is acknowledged, without waiting.
+        Call from the publishing thread (it forgets the acknowledged messages)."""
+        infos = self._infos
+        while infos and infos[0][1].is_published():
+            infos.popleft()
+        return infos[0][0] - 1 if infos else self._sequence
+
     def wait_acked(self, mark: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self._infos and self._infos[0][0] <= mark:

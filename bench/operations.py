@@ -1,6 +1,7 @@
 """ROLL_ALL over N pinned certificates: end-to-end publishes/s against a raw paho client in the
 same run (same broker, QoS 1, same window and protocol), and the worker's peak memory at two
-sizes. Prints figures, never asserts.
+sizes (traced Python memory of the run in this process, and the peak RSS of the publisher
+child process the run's paho client lives in). Prints figures, never asserts.
 
     .venv/bin/python bench/operations.py [--n 100000] [--host 127.0.0.1 --port 1883]
 """
@@ -20,6 +21,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -158,8 +160,17 @@ def roll_all(cw: Certwarden, org: str, folder: str, n: int) -> float:
     return n / elapsed
 
 
-def worker_peak(cw: Certwarden, org: str, folder: str) -> tuple[int, int]:
-    """Peak traced Python memory while one run executes in this thread (bytes), and count."""
+def worker_peak(cw: Certwarden, org: str, folder: str) -> tuple[int, int, int]:
+    """Peak traced Python memory while one run executes in this thread (bytes), the peak RSS
+    of its publisher child process (KiB; paho runs there), and the count published."""
+    made: list[Any] = []
+    new_publisher = cw.executor.new_publisher
+
+    def recording() -> Any:
+        made.append(new_publisher())
+        return made[-1]
+
+    cw.executor.new_publisher = recording
     op = cw.registry.create_operation(
         org, {"name": f"mem {folder}", "op_type": "ROLL_ALL", "folder": folder}, ACTOR
     )
@@ -171,8 +182,10 @@ def worker_peak(cw: Certwarden, org: str, folder: str) -> tuple[int, int]:
     cw.executor.execute(org, str(op.id), run_id)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
+    cw.executor.new_publisher = new_publisher
+    child = max((getattr(p, "child_peak_rss_kib", 0) for p in made), default=0)
     checkpoint = cw.outcomes.checkpoint(run_id)
-    return peak, checkpoint.counts.get("published", 0) if checkpoint else 0
+    return peak, child, checkpoint.counts.get("published", 0) if checkpoint else 0
 
 
 def main() -> None:
@@ -221,12 +234,16 @@ def main() -> None:
                 + " publishes/s"
             )
             print(f"ratio ROLL_ALL / raw paho (means): {ops / raw:.2f}x (target >= 0.8x)")
-            small_peak, small_n = worker_peak(cw, org, "/all/small")
-            big_peak, big_n = worker_peak(cw, org, "/all")
+            small_peak, small_child, small_n = worker_peak(cw, org, "/all/small")
+            big_peak, big_child, big_n = worker_peak(cw, org, "/all")
             print(
                 f"worker peak traced memory: {small_n:,} certs {small_peak / 2**20:.1f} MiB, "
                 f"{big_n:,} certs {big_peak / 2**20:.1f} MiB "
                 f"(x{big_n / max(small_n, 1):.0f} certificates, x{big_peak / max(small_peak, 1):.2f} memory)"
+            )
+            print(
+                f"publisher child process peak RSS: {small_n:,} certs {small_child / 1024:.1f} MiB, "
+                f"{big_n:,} certs {big_child / 1024:.1f} MiB"
             )
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             print(f"process max RSS (store + read models + worker): {rss / 1024:.0f} MiB")
