@@ -171,6 +171,8 @@ class BrokerRuntime:
         )
 
     def stop(self) -> None:
+        # register/unregister replies still being prepared go out before the publisher does
+        self.cw.enforcement.effects.drain()
         self.cw.enforcement.replies = None
         if self.replies is not None:
             self.replies.close()

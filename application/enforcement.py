@@ -206,8 +206,11 @@ class Enforcement:
         # the device reconnects with its new chain as soon as it reads the reply: the
         # decision index and the broker's trust directory must already know it
         self.read_models_caught_up()
-        assert self.replies is not None
-        self.replies.publish(reply)
+        replies = self.replies  # the broker runtime detaches it when it stops
+        if replies is None:
+            log.warning("reply on %s dropped: the broker is stopping", reply.topic)
+            return
+        replies.publish(reply)
 
     def _answer(
         self,

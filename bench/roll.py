@@ -149,6 +149,7 @@ def main() -> None:
     spawn = mp.get_context("spawn")  # never fork a process running certwarden's threads
     pipes: list[Connection] = []
     workers: list[Any] = []
+    failed = False
     try:
         assert runtime.pki is not None
         org = cw.registry.create_organization("roll-bench", ACTOR).uid
@@ -230,7 +231,8 @@ def main() -> None:
             f"p99 {pct(together, 0.99) * 1000:.0f} ms"
         )
         if len(retired) < args.agents:
-            sys.exit(1)
+            failed = True
+            print(f"  incomplete: kept {tmp} (broker log in var/mosquitto/mosquitto.log)")
     finally:
         for pipe in pipes:
             try:
@@ -245,7 +247,10 @@ def main() -> None:
                 worker.terminate()
         runtime.stop()
         cw.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
