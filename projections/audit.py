@@ -131,6 +131,10 @@ class AuditProjection(ViewProjection):
         self._cache.clear()
 
     # -- applying events ------------------------------------------------------------
+    def handler_for(self, event_class: type[Any]) -> Handler | None:
+        skipped = event_class.__qualname__.partition(".")[0] in SKIPPED_TYPES
+        return None if skipped else self.apply
+
     def apply(self, event: Any, position: int) -> None:
         names = _NAMES.get(type(event))
         if names is None:

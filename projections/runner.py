@@ -6,7 +6,10 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+from eventsourcing.utils import resolve_topic
 
 from projections.base import Handler, ViewProjection
 from projections.db import Row, ViewDb
@@ -72,6 +75,16 @@ def _succeeded(future: Future[None]) -> bool:
     return True
 
 
+@dataclass(slots=True)
+class _Read:
+    """Notifications first..last (size of them), and the decoded events a read model needs."""
+
+    first: int
+    last: int
+    size: int
+    events: list[tuple[int, Any]]
+
+
 class _Batch:
     """One batch applied in memory: its writes, the projections it moved, its last position."""
 
@@ -114,6 +127,7 @@ class ProjectionRunner:
         self._prefetching = [
             p for p in self.projections if type(p).prefetch is not ViewProjection.prefetch
         ]
+        self._wanted: dict[str, bool] = {}  # topic -> some read model handles it
         self._io: ThreadPoolExecutor | None = None  # reader + writer of the catch-up pipeline
         self.processed = 0
         self.error: BaseException | None = None
@@ -163,30 +177,43 @@ class ProjectionRunner:
         return self._positions[name]
 
     # -- one batch, in three steps --------------------------------------------------
-    def _read(self, after: int) -> list[tuple[int, Any]]:
-        """The next batch as (position, domain event); decoding is done here, off the apply
-        thread (decompression releases the GIL)."""
+    def _read(self, after: int) -> _Read:
+        """The next batch, decoded here, off the apply thread (decompression releases the
+        GIL). Events no read model handles (uniqueness claims, say) are not decoded at all."""
+        notifications = self.app.recorder.select_notifications(
+            start=after, limit=self.batch_size, inclusive_of_start=False
+        )
+        if not notifications:
+            return _Read(0, 0, 0, [])
         to_event = self.app.mapper.to_domain_event
-        batch = [
-            (n.id, to_event(n))
-            for n in self.app.recorder.select_notifications(
-                start=after, limit=self.batch_size, inclusive_of_start=False
-            )
-        ]
+        wanted = self._wanted
+        events = []
+        for n in notifications:
+            needed = wanted.get(n.topic)
+            if needed is None:
+                needed = wanted[n.topic] = self._handled(n.topic)
+            if needed:
+                events.append((n.id, to_event(n)))
         for projection in self._prefetching:
-            projection.prefetch(batch)
-        return batch
+            projection.prefetch(events)
+        return _Read(notifications[0].id, notifications[-1].id, len(notifications), events)
 
-    def _apply(self, notifications: list[tuple[int, Any]]) -> _Batch:
+    def _handled(self, topic: str) -> bool:
+        try:
+            cls = resolve_topic(topic)
+        except Exception:  # noqa: BLE001 - decoding will say what is wrong with it
+            return True
+        return any(p.handler_for(cls) is not None for p in self.projections)
+
+    def _apply(self, read: _Read) -> _Batch:
         """Apply in memory and take the rows to write; nothing is written yet."""
-        last = notifications[-1][0]
+        last = read.last
         applied = self._applied
         moved = [p for p in self.projections if applied[p.name] < last]
-        first = notifications[0][0]
-        whole = [p for p in moved if applied[p.name] < first]  # the usual case: all of them
-        part = [p for p in moved if applied[p.name] >= first]
+        whole = [p for p in moved if applied[p.name] < read.first]  # the usual case: all
+        part = [p for p in moved if applied[p.name] >= read.first]
         handlers: dict[type[Any], list[Handler]] = {}  # per event class, of `whole`
-        for position, event in notifications:
+        for position, event in read.events:
             cls = type(event)
             found = handlers.get(cls)
             if found is None:
@@ -202,7 +229,7 @@ class ProjectionRunner:
         writes.executemany(SAVE_POSITION, [(p.name, last) for p in moved])
         for projection in moved:
             applied[projection.name] = last
-        return _Batch(writes, moved, last, len(notifications))
+        return _Batch(writes, moved, last, read.size)
 
     def _write(self, batch: _Batch) -> None:
         with self.db.transaction() as tx:
@@ -222,11 +249,11 @@ class ProjectionRunner:
     def run_once(self) -> int:
         """Process one batch; returns how many notifications were read."""
         with self._lock:
-            notifications = self._read(min(self._applied.values(), default=0))
-            if not notifications:
+            read = self._read(min(self._applied.values(), default=0))
+            if not read.size:
                 return 0
             try:
-                batch = self._apply(notifications)
+                batch = self._apply(read)
                 self._write(batch)
             except BaseException:
                 self._reload()
@@ -244,9 +271,9 @@ class ProjectionRunner:
             writing: tuple[Future[None], _Batch] | None = None
             try:
                 reading = io.submit(self._read, min(self._applied.values(), default=0))
-                while (notifications := reading.result()) and not (stop and stop.is_set()):
-                    reading = io.submit(self._read, notifications[-1][0])
-                    batch = self._apply(notifications)
+                while (read := reading.result()).size and not (stop and stop.is_set()):
+                    reading = io.submit(self._read, read.last)
+                    batch = self._apply(read)
                     if writing is not None:
                         total += self._finish(*writing)
                     writing = (io.submit(self._write, batch), batch)

@@ -87,7 +87,11 @@ class TestAuditTrailInMemory:
 
     def test_a_rebuild_builds_the_secondary_indexes_again(self, cw: Certwarden) -> None:
         new_cert(cw)
-        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
+        query = (
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            if cw.db.dialect == "postgres"
+            else "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        )
         before = {r[0] for r in cw.db.query(query)}
         assert {"audit_trail_org", "lookup_certificates_fp"} <= before
         cw.runner.rebuild()
