@@ -322,7 +322,7 @@ class ProjectionRunner:
     def wait(self, position: int, timeout: float = 5.0) -> None:
         """Read-your-writes: block until every projection has processed `position`."""
         if self._thread is None:
-            while self.position < position and self.run_once():
+            while self.position < position and self.catch_up():
                 pass
             return
         self.poke()
