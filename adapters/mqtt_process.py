@@ -187,8 +187,9 @@ class ProcessCommandPublisher:
 
 
 def _serve(inbox: Connection, reports: Connection) -> None:
-    """The child: read the target, connect, then publish batches as they come, reporting acknowledgements
-    (at once after each batch, every ~2 ms while some are pending) and the first error."""
+    """The child: read the target, connect, then publish batches as they come, reporting
+    acknowledgements (after each batch, and every ~2 ms while some are pending) and the
+    first error. Ends on None (close) or EOF (the worker is gone)."""
     target = inbox.recv()
     if not isinstance(target, MqttTarget):
         raise SystemExit("expected an MqttTarget first")
