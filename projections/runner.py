@@ -13,6 +13,7 @@ from eventsourcing.utils import resolve_topic
 
 from projections.base import Handler, ViewProjection
 from projections.db import Row, ViewDb
+from projections.event_feed import feed_for
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class ProjectionRunner:
         self._prefetching = [
             p for p in self.projections if type(p).prefetch is not ViewProjection.prefetch
         ]
+        self._fetch = feed_for(app.recorder)
         self._wanted: dict[str, bool] = {}  # topic -> some read model handles it
         self._io: ThreadPoolExecutor | None = None  # reader + writer of the catch-up pipeline
         self.processed = 0
@@ -180,9 +182,7 @@ class ProjectionRunner:
     def _read(self, after: int) -> _Read:
         """The next batch, decoded here, off the apply thread (decompression releases the
         GIL). Events no read model handles (uniqueness claims, say) are not decoded at all."""
-        notifications = self.app.recorder.select_notifications(
-            start=after, limit=self.batch_size, inclusive_of_start=False
-        )
+        notifications = self._fetch(after, self.batch_size)
         if not notifications:
             return _Read(0, 0, 0, [])
         to_event = self.app.mapper.to_domain_event
