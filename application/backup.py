@@ -219,7 +219,7 @@ class Backups:
         edges: dict[str, tuple[int, bytes]] = {}
         progress.phase("backup", head)
         with tempfile.TemporaryFile(prefix="certwarden-backup-") as spool:
-            pages = read_ahead(self.store.pages(0, head))
+            pages = read_ahead(self._plain_pages(self.store.pages(0, head)))
             chunks = (chain.page(self._included(rows, selector, edges, progress)) for rows in pages)
             compress_into(spool, chain_end(chunks, chain), self.gzip_level)
             first, last = edges.get("first"), edges.get("last")
@@ -245,6 +245,13 @@ class Backups:
         sink.flush()
         return manifest, Summary(manifest.event_count, time.perf_counter() - started)
 
+    def _plain_pages(self, pages: Iterator[list[Row]]) -> Iterator[list[Row]]:
+        """The pages with every state made plain: runs on the read-ahead thread, where zlib
+        (which releases the GIL) works beside the thread building the lines."""
+        plain_state = self._plain()
+        for rows in pages:
+            yield [(p, oid, v, topic, plain_state(state)) for p, oid, v, topic, state in rows]
+
     def _included(
         self,
         rows: list[Row],
@@ -254,20 +261,17 @@ class Backups:
     ) -> Iterator[Event]:
         """The page's events that belong in the backup, with their plain state (and the
         shared key of a cross-organization claim); records the first and last included."""
-        plain_state, members = self._plain(), selector.members if selector else None
+        members = selector.members if selector else None
         last: tuple[int, bytes] | None = None
-        for position, oid, version, topic, state in rows:
+        for position, oid, version, topic, plain in rows:  # states already plain
             shared = None
             if members is not None and oid not in members:
                 if version != 1 and not topic.startswith(RESERVATION):
                     continue  # not a member, and only creation events can make one
                 assert selector is not None
-                plain = plain_state(state)
                 include, shared = selector.pick(oid, version, topic, plain)
                 if not include:
                     continue
-            else:
-                plain = plain_state(state)
             if last is None and "first" not in edges:
                 edges["first"] = (position, plain)
             last = position, plain
