@@ -61,7 +61,7 @@ class ViewProjection:
 
     def reset(self, tx: Tx) -> None:
         for table in self.tables:
-            tx.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are constants
+            tx.clear(table)
 
     def prepare(self) -> None:
         self._handlers = self.handlers()

@@ -26,6 +26,10 @@ class Tx(Protocol):
         """Insert many rows (PostgreSQL: COPY)."""
         ...
 
+    def clear(self, table: str) -> None:
+        """Remove every row (PostgreSQL: TRUNCATE, no dead rows left behind)."""
+        ...
+
     def bulk_upsert(
         self, table: str, key: Sequence[str], columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
@@ -78,6 +82,9 @@ class _SqliteTx:
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         self.executemany(_insert_sql(table, columns), rows)
+
+    def clear(self, table: str) -> None:
+        self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 - SQLite truncates this itself
 
     def bulk_upsert(
         self, table: str, key: Sequence[str], columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -141,6 +148,9 @@ class _PgTx:
 
     # Bulk paths: COPY is ~50x cheaper than one pipelined statement per row.
     SMALL = 20
+
+    def clear(self, table: str) -> None:
+        self._conn.execute(f"TRUNCATE {table}")
 
     def bulk_insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]

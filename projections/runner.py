@@ -48,6 +48,9 @@ class RecordedWrites:
         if rows:
             self.calls.append(("executemany", (sql, list(rows))))
 
+    def clear(self, table: str) -> None:
+        self.calls.append(("clear", (table,)))
+
     def bulk_insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
