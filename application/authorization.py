@@ -18,6 +18,8 @@ from domain.topics import BoundPolicy, CompiledPolicy, PermissionSet
 from domain.x509 import fingerprint_of_der
 
 CHANGE_LOG = 10_000
+TOPICS_PER_SESSION = 64  # decisions remembered per (certificate, client id)
+SESSIONS = 200_000
 SERVICE_TOPICS = ("manage",)
 MYORG_PREFIX = "manage/cert/myorg/cid/"  # GroveStreams: a device asks which org it is in
 
@@ -50,7 +52,7 @@ class AuthzIndex:
 
     def __init__(self, source: LookupSource, clock: Callable[[], float] = time.time) -> None:
         self._source = source
-        self._clock = clock
+        self.clock = clock  # the hot path calls it directly
         self._lock = threading.Lock()
         self._by_fp: dict[str, _Entry] = {}
         self._fp_of: dict[str, str] = {}
@@ -59,6 +61,10 @@ class AuthzIndex:
         self.bound: dict[tuple[str, str, str], BoundPolicy] = {}
         self.resolved: dict[str, CertRow | Decision] = {}  # fingerprint -> live row or why not
         self.allowed_cache: dict[tuple[str, str, bool, int | None, str | None], Decision] = {}
+        # (certificate id, client id) -> (action, retain, topic) -> decision: a device uses the
+        # same few topics over and over; each session keeps its own few (a device spraying
+        # topics only churns its own), all cleared whenever the index changes
+        self.topic_cache: dict[tuple[str, str], dict[tuple[str, bool, str], Decision]] = {}
         self.service_fingerprints: frozenset[str] = frozenset()
         self.position = 0
         self.generation = 0
@@ -79,10 +85,12 @@ class AuthzIndex:
             for row in changes.certificates:
                 self._apply_cert(row, kick, recheck)
                 self._resolve(row.fingerprint)
+            # generation first: a decision computed meanwhile sees it moved and is not kept
+            self.generation += 1
             self.bound.clear()
             self.allowed_cache.clear()
+            self.topic_cache.clear()
             self.position = changes.position
-            self.generation += 1
             self._log.append((self.generation, frozenset(kick), frozenset(recheck - kick)))
             return len(changes.certificates) + len(changes.policies)
 
@@ -161,6 +169,7 @@ class AuthzIndex:
         key = (row.certificate_id, client_id, row.pinned_component or "")
         bound = self.bound.get(key)
         if bound is None:
+            generation = self.generation
             policy = self._policies.get((row.org_uid, row.policy_id or ""))
             if policy is None:
                 return None
@@ -171,10 +180,12 @@ class AuthzIndex:
                 values["cert.cn"] = row.common_name
             bound = policy.bind(values)
             self.bound[key] = bound
+            if self.generation != generation:  # refreshed meanwhile: do not keep it
+                self.bound.pop(key, None)
         return bound
 
     def now(self) -> float:
-        return self._clock()
+        return self.clock()
 
 
 class Authorization:
@@ -238,7 +249,7 @@ class Authorization:
         # hot path inlined (the broker asks for every publish and delivery): the common case
         # is a usable, valid, correctly pinned certificate; anything else takes the full path
         row = index.resolved.get(request.fingerprint)
-        now = index.now()
+        now = index.clock()
         if (
             row is None
             or row.__class__ is not CertRow
@@ -257,6 +268,28 @@ class Authorization:
         org = row.org_uid
         if not (topic.startswith(org) and topic[len(org) : len(org) + 1] == "/"):
             return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
+        action = request.action
+        session = (row.certificate_id, request.client_id)
+        cache = index.topic_cache.get(session)
+        seen = (action, request.retain, topic)
+        if cache is not None:
+            decision = cache.get(seen)
+            if decision is not None:
+                return decision
+        generation = index.generation
+        decision = self._match(request, row, index)
+        if cache is None or len(cache) >= TOPICS_PER_SESSION:
+            if len(index.topic_cache) >= SESSIONS:
+                index.topic_cache.clear()
+            cache = index.topic_cache[session] = {}
+        cache[seen] = decision
+        if index.generation != generation:  # the index changed while we decided: the
+            cache.pop(seen, None)  # answer stands for this request, not for later ones
+        return decision
+
+    def _match(self, request: AccessRequest, row: CertRow, index: AuthzIndex) -> Decision:
+        """The policy's answer for a usable certificate on a topic of its organization."""
+        topic, generation = request.topic, index.generation
         bound = index.bound.get((row.certificate_id, request.client_id, row.pinned_component or ""))
         if bound is None:
             bound = index.bound_policy(row, request.client_id)
@@ -271,7 +304,7 @@ class Authorization:
             match = bound.can_receive(topic)
         # decisions are immutable per (certificate, action, rule) until the index changes
         key = (row.certificate_id, action, request.retain, match.permission_set, match.pattern)
-        cache = self.index.allowed_cache
+        cache = index.allowed_cache
         decision = cache.get(key)
         if decision is not None:
             return decision
@@ -297,6 +330,8 @@ class Authorization:
                 },
             )
         cache[key] = decision
+        if index.generation != generation:
+            cache.pop(key, None)
         return decision
 
     def _myorg(self, request: AccessRequest, row: CertRow) -> Decision:

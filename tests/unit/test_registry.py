@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -231,6 +232,37 @@ class TestRegistryInMemory:
         cw.sync()
         assert cw.authorization.authorize(request).allowed
         assert leaf_fp(leaf) in cw.index.changes_since(generation).kick
+
+    def test_remembered_decisions_belong_to_one_client_id(self, cw: Certwarden) -> None:
+        org = new_org(cw, policy=False)
+        sets = [{"topics": ["${org.uid}/cid/${client.id}/reply"], "actions": ["SUBSCRIBE"]}]
+        cw.registry.create_policy(org, "replies", "Replies", sets, ADMIN)
+        _, leaf = import_chain(cw, org, policy="replies")
+        topic = f"{org}/cid/alpha/reply"
+        for _ in range(2):  # the second time from the remembered decisions
+            for client, allowed in (("alpha", True), ("beta", False)):
+                request = AccessRequest(leaf_fp(leaf), client, "127.0.0.1", Action.SUBSCRIBE, topic)
+                assert cw.authorization.authorize(request).allowed is allowed, client
+
+    def test_a_decision_made_while_the_index_changed_is_not_remembered(
+        self, cw: Certwarden, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        org = new_org(cw)
+        _, leaf = import_chain(cw, org)
+        index = cw.index
+        bind = index.bound_policy
+
+        def during_a_refresh(row: Any, client_id: str) -> Any:
+            index.generation += 1  # what a refresh on the projection thread does first
+            return bind(row, client_id)
+
+        monkeypatch.setattr(index, "bound_policy", during_a_refresh)
+        request = AccessRequest(
+            leaf_fp(leaf), "c", "127.0.0.1", Action.PUBLISH, f"{org}/feed/cid/1"
+        )
+        assert cw.authorization.authorize(request).allowed
+        assert not index.allowed_cache
+        assert not any(index.topic_cache.values())
 
     def test_deleting_a_policy_in_use_is_refused(self, cw: Certwarden) -> None:
         org = new_org(cw)
