@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ SAVE_POSITION = (
 
 
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
+BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
 
 
 class RecordedWrites:
@@ -115,11 +117,13 @@ class ProjectionRunner:
         projections: Sequence[ViewProjection],
         batch_size: int = 5000,
         poll_interval: float = 0.2,
+        bulk_from_zero: int = BULK_FROM_ZERO,
     ) -> None:
         self.app = app
         self.db = db
         self.projections = list(projections)
         self.batch_size = batch_size
+        self.bulk_from_zero = bulk_from_zero
         self.poll_interval = poll_interval
         self._positions: dict[str, int] = {}  # committed
         self._applied: dict[str, int] = {}  # applied in memory (>= committed)
@@ -266,6 +270,13 @@ class ProjectionRunner:
 
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
+        with self._lock:
+            if self._empty_and_far_behind():
+                with self._indexes_built_at_the_end(self.projections):
+                    return self._pipeline(stop)
+            return self._pipeline(stop)
+
+    def _pipeline(self, stop: threading.Event | None) -> int:
         total = 0
         with self._lock:
             if self._io is None:
@@ -295,28 +306,40 @@ class ProjectionRunner:
         return batch.size
 
     def rebuild(self, names: Sequence[str] | None = None) -> int:
-        """Drop the named (default: all) read models and replay the whole log into them.
-
-        Secondary indexes are dropped first and built once at the end (several times cheaper
-        than keeping them up to date row by row); a rebuild cut short gets them back from the
-        schema at the next start.
-        """
+        """Drop the named (default: all) read models and replay the whole log into them."""
         chosen = [p for p in self.projections if names is None or p.name in names]
-        indexes = [s for p in chosen for s in p.schema() if s.startswith(_SECONDARY_INDEX)]
         with self._lock:
             with self.db.transaction() as tx:
                 for projection in chosen:
                     projection.reset(tx)
                     tx.execute("DELETE FROM projection_tracking WHERE name = ?", (projection.name,))
-                for statement in indexes:
-                    tx.execute(f"DROP INDEX IF EXISTS {statement.split()[5]}")
             self._reload()
-            try:
-                return self.catch_up()
-            finally:
-                with self.db.transaction() as tx:
-                    for statement in indexes:
-                        tx.execute(statement)
+            with self._indexes_built_at_the_end(chosen):
+                return self._pipeline(None)
+
+    @contextlib.contextmanager
+    def _indexes_built_at_the_end(self, projections: Sequence[ViewProjection]) -> Iterator[None]:
+        """Filling read models from zero: secondary indexes are dropped first and built once
+        at the end, several times cheaper than keeping them up to date row by row. If the
+        process dies in between, the schema brings them back at the next start."""
+        indexes = [s for p in projections for s in p.schema() if s.startswith(_SECONDARY_INDEX)]
+        with self.db.transaction() as tx:
+            for statement in indexes:
+                tx.execute(f"DROP INDEX IF EXISTS {statement.split()[5]}")
+        try:
+            yield
+        finally:
+            with self.db.transaction() as tx:
+                for statement in indexes:
+                    tx.execute(statement)
+
+    def _empty_and_far_behind(self) -> bool:
+        """Every read model empty and a long log to read: a first start on an existing store,
+        or the catch-up after restoring into a new one."""
+        if any(self._applied.values()):
+            return False
+        head = self.app.recorder.max_notification_id() or 0
+        return int(head) >= self.bulk_from_zero
 
     # -- background ---------------------------------------------------------
     def poke(self, _position: int = 0) -> None:

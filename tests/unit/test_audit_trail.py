@@ -6,6 +6,7 @@ import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -87,15 +88,49 @@ class TestAuditTrailInMemory:
 
     def test_a_rebuild_builds_the_secondary_indexes_again(self, cw: Certwarden) -> None:
         new_cert(cw)
+        before = self.indexes(cw)
+        assert {"audit_trail_org", "lookup_certificates_fp"} <= before
+        cw.runner.rebuild()
+        assert self.indexes(cw) == before
+
+    def test_a_catch_up_from_empty_read_models_builds_the_indexes_at_the_end(
+        self, cw: Certwarden, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        org, cid = new_cert(cw)
+        cw.registry.update_certificate(org, cid, {"name": "renamed"}, ADMIN)
+        cw.sync()
+        expected = cw.audit.query(org, newest_first=False)[0]
+        indexes = self.indexes(cw)
+        runner = cw.runner
+        with cw.db.transaction() as tx:  # as a new deployment on an existing store: no views
+            for projection in runner.projections:
+                projection.reset(tx)
+            tx.execute("DELETE FROM projection_tracking")
+        runner._reload()
+        used = []
+        bulk = runner._indexes_built_at_the_end
+
+        def spy(projections: Any) -> Any:
+            used.append(len(projections))
+            return bulk(projections)
+
+        monkeypatch.setattr(runner, "_indexes_built_at_the_end", spy)
+        runner.bulk_from_zero = 1
+        runner.catch_up()
+        assert used == [len(runner.projections)]
+        assert cw.audit.query(org, newest_first=False)[0] == expected
+        assert self.indexes(cw) == indexes
+        runner.catch_up()  # nothing to do, not empty: no second drop
+        assert used == [len(runner.projections)]
+
+    @staticmethod
+    def indexes(cw: Certwarden) -> set[str]:
         query = (
             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
             if cw.db.dialect == "postgres"
             else "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
         )
-        before = {r[0] for r in cw.db.query(query)}
-        assert {"audit_trail_org", "lookup_certificates_fp"} <= before
-        cw.runner.rebuild()
-        assert {r[0] for r in cw.db.query(query)} == before
+        return {r[0] for r in cw.db.query(query)}
 
     def test_the_trail_filters_by_actor_kind_and_several_event_types(self, cw: Certwarden) -> None:
         org, cid = new_cert(cw)
