@@ -20,7 +20,9 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -246,11 +248,26 @@ class Backups:
         return manifest, Summary(manifest.event_count, time.perf_counter() - started)
 
     def _plain_pages(self, pages: Iterator[list[Row]]) -> Iterator[list[Row]]:
-        """The pages with every state made plain: runs on the read-ahead thread, where zlib
-        (which releases the GIL) works beside the thread building the lines."""
+        """The pages, in order, with every state made plain by two worker threads while the
+        read-ahead thread fetches the next pages (zlib releases the GIL: decompression, the
+        costliest step per event, runs beside the thread building the lines)."""
         plain_state = self._plain()
-        for rows in pages:
-            yield [(p, oid, v, topic, plain_state(state)) for p, oid, v, topic, state in rows]
+
+        def plain(rows: list[Row]) -> list[Row]:
+            return [(p, oid, v, topic, plain_state(state)) for p, oid, v, topic, state in rows]
+
+        with ThreadPoolExecutor(2, thread_name_prefix="backup-inflate") as pool:
+            pending: deque[Future[list[Row]]] = deque()
+            try:
+                for rows in pages:
+                    pending.append(pool.submit(plain, rows))
+                    if len(pending) > 2:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for job in pending:
+                    job.cancel()
 
     def _included(
         self,
