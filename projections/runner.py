@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -72,6 +73,28 @@ class RecordedWrites:
             self.calls.append(("bulk_update", (table, key, tuple(columns), list(rows))))
 
 
+YOUNG_THRESHOLD = 100_000
+
+
+@contextlib.contextmanager
+def _fewer_young_collections() -> Iterator[None]:
+    """A catch-up allocates millions of short-lived containers (events, rows). At Python's
+    default threshold (700) the collector runs thousands of times per 100,000 events and its
+    older generations re-scan the read models' long-lived state: measured here, that was a
+    fifth of a catch-up's time. Young collections every 100,000 allocations instead, for the
+    catch-up only (the threshold is process-wide and put back after)."""
+    first, *older = gc.get_threshold()
+    if first >= YOUNG_THRESHOLD or first == 0:  # already raised, or collection disabled
+        yield
+        return
+    gc.set_threshold(YOUNG_THRESHOLD, *older)
+    try:
+        yield
+    finally:
+        if gc.get_threshold()[0] == YOUNG_THRESHOLD:  # nobody changed it meanwhile
+            gc.set_threshold(first, *older)
+
+
 def _succeeded(future: Future[None]) -> bool:
     """Wait for a write still running; True when it committed."""
     try:
@@ -89,6 +112,7 @@ class _Read:
     last: int
     size: int
     events: list[tuple[int, Any]]
+    prefetched: Future[None] | None = None
 
 
 class _Batch:
@@ -137,7 +161,10 @@ class ProjectionRunner:
         ]
         self._fetch = feed_for(app.recorder)
         self._wanted: dict[str, bool] = {}  # topic -> some read model handles it
-        self._io: ThreadPoolExecutor | None = None  # reader + writer of the catch-up pipeline
+        self._io: ThreadPoolExecutor | None = None
+        self._ahead: ThreadPoolExecutor | None = (
+            None  # prefetch work, during catch-up  # reader + writer of the catch-up pipeline
+        )
         self.processed = 0
         self.error: BaseException | None = None
         self._setup()
@@ -201,9 +228,17 @@ class ProjectionRunner:
                 needed = wanted[n.topic] = self._handled(n.topic)
             if needed:
                 events.append((n.id, to_event(n)))
+        read = _Read(notifications[0].id, notifications[-1].id, len(notifications), events)
+        if self._prefetching:
+            if self._ahead is None:
+                self._prefetch(events)
+            else:  # beside the decoding of the next batch; `_apply` waits for it
+                read.prefetched = self._ahead.submit(self._prefetch, events)
+        return read
+
+    def _prefetch(self, events: list[tuple[int, Any]]) -> None:
         for projection in self._prefetching:
             projection.prefetch(events)
-        return _Read(notifications[0].id, notifications[-1].id, len(notifications), events)
 
     def _handled(self, topic: str) -> bool:
         try:
@@ -214,6 +249,8 @@ class ProjectionRunner:
 
     def _apply(self, read: _Read) -> _Batch:
         """Apply in memory and take the rows to write; nothing is written yet."""
+        if read.prefetched is not None:
+            read.prefetched.result()
         last = read.last
         applied = self._applied
         moved = [p for p in self.projections if applied[p.name] < last]
@@ -277,10 +314,15 @@ class ProjectionRunner:
             return self._pipeline(stop)
 
     def _pipeline(self, stop: threading.Event | None) -> int:
+        with self._lock, _fewer_young_collections():
+            return self._batches(stop)
+
+    def _batches(self, stop: threading.Event | None) -> int:
         total = 0
         with self._lock:
             if self._io is None:
                 self._io = ThreadPoolExecutor(2, thread_name_prefix="projections-io")
+                self._ahead = ThreadPoolExecutor(1, thread_name_prefix="projections-ahead")
             io = self._io
             writing: tuple[Future[None], _Batch] | None = None
             try:
@@ -371,6 +413,9 @@ class ProjectionRunner:
             if self._io is not None:
                 self._io.shutdown(wait=True)
                 self._io = None
+            if self._ahead is not None:
+                self._ahead.shutdown(wait=True)
+                self._ahead = None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
