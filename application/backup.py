@@ -33,6 +33,7 @@ from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
+from application.allocation import fewer_young_collections
 from application.backup_format import (
     ChainWriter,
     Event,
@@ -199,6 +200,7 @@ class Backups:
             plain = self.app.mapper.cipher.encrypt(plain)
         return plain
 
+    @fewer_young_collections()
     def backup(
         self, sink: BinaryIO, org_uid: str | None, progress: Progress | None = None
     ) -> tuple[Manifest, Summary]:

@@ -28,6 +28,7 @@ from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.utils import get_topic
 
+from application.allocation import fewer_young_collections
 from application.backup import Backups, NoProgress, Progress, Summary
 from application.backup_format import BackupFormatError, EventLine, Manifest
 from application.backup_reader import ChainReader
@@ -93,6 +94,7 @@ class Restorer:
         return ChainReader(decoder if isinstance(decoder, json.JSONDecoder) else None)
 
     # -- pass 1 ---------------------------------------------------------------------
+    @fewer_young_collections()
     def verify(
         self,
         source: BinaryIO,
@@ -241,6 +243,7 @@ class Restorer:
         return [self.app.mapper.to_stored_event(event) for event in pending], conflicts
 
     # -- pass 2 ---------------------------------------------------------------------
+    @fewer_young_collections()
     def restore(
         self,
         source: BinaryIO,

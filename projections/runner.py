@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 from eventsourcing.utils import resolve_topic
 
+from application.allocation import fewer_young_collections
 from projections.base import Handler, ViewProjection
 from projections.db import Row, ViewDb
 from projections.event_feed import feed_for
@@ -71,28 +71,6 @@ class RecordedWrites:
     ) -> None:
         if rows:
             self.calls.append(("bulk_update", (table, key, tuple(columns), list(rows))))
-
-
-YOUNG_THRESHOLD = 100_000
-
-
-@contextlib.contextmanager
-def _fewer_young_collections() -> Iterator[None]:
-    """A catch-up allocates millions of short-lived containers (events, rows). At Python's
-    default threshold (700) the collector runs thousands of times per 100,000 events and its
-    older generations re-scan the read models' long-lived state: measured here, that was a
-    fifth of a catch-up's time. Young collections every 100,000 allocations instead, for the
-    catch-up only (the threshold is process-wide and put back after)."""
-    first, *older = gc.get_threshold()
-    if first >= YOUNG_THRESHOLD or first == 0:  # already raised, or collection disabled
-        yield
-        return
-    gc.set_threshold(YOUNG_THRESHOLD, *older)
-    try:
-        yield
-    finally:
-        if gc.get_threshold()[0] == YOUNG_THRESHOLD:  # nobody changed it meanwhile
-            gc.set_threshold(first, *older)
 
 
 def _succeeded(future: Future[None]) -> bool:
@@ -314,7 +292,7 @@ class ProjectionRunner:
             return self._pipeline(stop)
 
     def _pipeline(self, stop: threading.Event | None) -> int:
-        with self._lock, _fewer_young_collections():
+        with self._lock, fewer_young_collections():
             return self._batches(stop)
 
     def _batches(self, stop: threading.Event | None) -> int:
