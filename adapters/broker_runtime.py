@@ -155,19 +155,24 @@ class BrokerRuntime:
         )
         self.mosquitto = MosquittoProcess.from_config(config, directory / "mosquitto.conf")
         self.mosquitto.start()
-        self.replies = PahoReplyPublisher(
-            self.settings.mqtt_host,
-            self.settings.mqtt_port,
-            service.ca_path,
-            service.cert_path,
-            service.key_path,
-        )
+        self.replies = self.reply_publisher()
         self.cw.enforcement.replies = self.replies
         log.info(
             "mosquitto on %s:%s, service principal %s",
             config.bind_address,
             config.port,
             service.fingerprint[:16],
+        )
+
+    def reply_publisher(self) -> PahoReplyPublisher:
+        """A publisher of replies with certwarden's service identity (connects on first use)."""
+        service = self.service or self.prepare()
+        return PahoReplyPublisher(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            service.ca_path,
+            service.cert_path,
+            service.key_path,
         )
 
     def stop(self) -> None:

@@ -3,76 +3,67 @@
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from adapters.mqtt_session import MqttSession
 from application.ports import Publish
 
 log = logging.getLogger(__name__)
 
 
 class PahoReplyPublisher:
-    """One persistent MQTT 5 session over TLS with the service client certificate.
+    """One MQTT 5 session over TLS with the service client certificate.
 
-    Connects lazily, reconnects on its own (paho), and never raises into the caller: a reply
-    that cannot be sent is logged; the device times out and retries its request."""
+    Connects lazily and again on the next reply after the session dropped, and never raises
+    into the caller: a reply that cannot be sent is logged; the device times out and retries
+    its request. The session runs its own epoll I/O loop (`MqttSession`), not paho's
+    select() loop, which fails once the server holds about a thousand descriptors."""
 
     def __init__(self, host: str, port: int, ca: Path, cert: Path, key: Path) -> None:
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"certwarden-replies-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-        context.load_cert_chain(str(cert), str(key))
-        self._client.tls_set_context(context)
-        self._client.on_socket_open = _nodelay
-        self._client.on_connect = self._on_connect
-        self._connected = threading.Event()
         self._host, self._port = host, port
-        self._started = False
+        self._ca, self._cert, self._key = ca, cert, key
+        self._session: MqttSession | None = None
         self._lock = threading.Lock()
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            log.error("reply publisher refused by the broker: %s", reason)
-        else:
-            self._connected.set()
-
-    def _ensure(self, timeout: float = 5.0) -> bool:
+    def _ensure(self, timeout: float = 5.0) -> MqttSession | None:
         with self._lock:
-            if not self._started:
-                self._client.connect_async(self._host, self._port, keepalive=30)
-                self._client.loop_start()
-                self._started = True
-        return self._connected.wait(timeout)
+            session = self._session
+            if session is not None and session.connected.is_set():
+                return session
+            if session is not None:
+                session.close()
+            session = MqttSession(
+                self._host,
+                self._port,
+                self._cert,
+                self._key,
+                self._ca,
+                f"certwarden-replies-{uuid.uuid4().hex[:8]}",
+            )
+            if not session.open(timeout):
+                self._session = None
+                return None
+            self._session = session
+            return session
 
     def publish(self, message: Publish) -> None:
-        if not self._ensure():
+        session = self._ensure()
+        if session is None:
             log.error("reply to %s dropped: broker not reachable", message.topic)
             return
         props: Any = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if message.correlation_data:
             props.CorrelationData = message.correlation_data
-        self._client.publish(message.topic, message.payload, qos=message.qos, properties=props)
+        session.client.publish(message.topic, message.payload, qos=message.qos, properties=props)
 
     def close(self) -> None:
-        if self._started:
-            self._client.disconnect()
-            self._client.loop_stop()
-
-
-def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None

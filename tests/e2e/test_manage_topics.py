@@ -13,9 +13,11 @@ import pytest
 from tests import factories as f
 from tests.e2e.conftest import ADMIN, Stack
 from tests.integration.broker.support import (
+    FD_SETSIZE,
     Device,
     MqttClient,
     correlation_of,
+    descriptors_taken_below,
     raw_connack_311,
     tls_context,
     wait_until,
@@ -212,6 +214,22 @@ def test_a_garbage_register_request_gets_a_failure_reply(
     assert client.subscribe(fleet.reply_topic()) == [1]
     reply = request(client, fleet.request_topic("register"), fleet.reply_topic(), body)
     assert reply["success"] is False and reply["reason"], reply
+
+
+def test_replies_still_go_out_once_the_server_holds_descriptors_above_fd_setsize(
+    stack: Stack, fleet: Fleet, clients: list[MqttClient]
+) -> None:
+    client = connect(stack, fleet.device, clients)  # its socket is opened before: low number
+    assert client.subscribe(fleet.reply_topic()) == [1]
+    fresh, previous = stack.runtime.reply_publisher(), stack.cw.enforcement.replies
+    stack.cw.enforcement.replies = fresh  # its session is opened by the next reply ...
+    try:
+        with descriptors_taken_below(FD_SETSIZE):  # ... on a descriptor select() cannot watch
+            reply = request(client, fleet.request_topic("register"), fleet.reply_topic(), b"{}")
+    finally:
+        stack.cw.enforcement.replies = previous
+        fresh.close()
+    assert reply["success"] is False and reply["reason"], reply  # answered, by `fresh`
 
 
 def test_an_oversize_request_gets_no_reply_and_the_broker_keeps_answering(

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import resource
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from adapters.device_agent import DeviceAgent, DeviceConfig
 from tests import factories as f
 from tests.e2e.conftest import ADMIN, Stack
-from tests.integration.broker.support import wait_until
+from tests.integration.broker.support import FD_SETSIZE, descriptors_taken_below, wait_until
 
 FLEET = 20
-FD_SETSIZE = 1024  # select() cannot watch a descriptor numbered this or above
 POLICY = [
     {
         "topics": ["${org.uid}/manage/cert/+/cid/${component.id}"],
@@ -113,24 +106,6 @@ def test_a_roll_all_operation_rolls_every_agent_and_retires_every_old_certificat
     for _, agent in enrolled:
         agent.stop()
     assert old_ids
-
-
-@contextmanager
-def descriptors_taken_below(n: int) -> Iterator[None]:
-    """Hold every descriptor below n, so the sockets opened meanwhile are numbered n or above."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < n + 256:
-        pytest.skip(f"descriptor hard limit {hard} is below {n + 256}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 256), hard))
-    held = [os.open(os.devnull, os.O_RDONLY)]
-    try:
-        while held[-1] < n - 1:
-            held.append(os.open(os.devnull, os.O_RDONLY))
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def socket_number(agent: DeviceAgent) -> int:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import resource
 import socket
 import ssl
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -417,3 +421,24 @@ def raw_connack_311(port: int, ctx: ssl.SSLContext, client_id: str) -> int:
     if ack[:2] != b"\x20\x02":
         raise ValueError(f"not a CONNACK: {ack!r}")
     return ack[3]
+
+
+FD_SETSIZE = 1024  # select() cannot watch a descriptor numbered this or above
+
+
+@contextmanager
+def descriptors_taken_below(n: int) -> Iterator[None]:
+    """Hold every descriptor below n, so the sockets opened meanwhile are numbered n or above."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n + 256:
+        pytest.skip(f"descriptor hard limit {hard} is below {n + 256}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 256), hard))
+    held = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while held[-1] < n - 1:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
