@@ -18,8 +18,10 @@ from domain.topics import BoundPolicy, CompiledPolicy, PermissionSet
 from domain.x509 import fingerprint_of_der
 
 CHANGE_LOG = 10_000
-TOPICS_PER_SESSION = 64  # decisions remembered per (certificate, client id)
-SESSIONS = 200_000
+TOPICS_PER_SESSION = 64  # decisions remembered per (certificate, client id) ...
+TOPIC_ENTRIES = 200_000  # ... and in all (then everything is forgotten at once)
+CACHED_TOPIC_LENGTH = 256  # longer topics are decided every time, never remembered
+SESSIONS = 200_000  # bound policies remembered
 SERVICE_TOPICS = ("manage",)
 MYORG_PREFIX = "manage/cert/myorg/cid/"  # GroveStreams: a device asks which org it is in
 
@@ -65,6 +67,7 @@ class AuthzIndex:
         # same few topics over and over; each session keeps its own few (a device spraying
         # topics only churns its own), all cleared whenever the index changes
         self.topic_cache: dict[tuple[str, str], dict[tuple[str, bool, str], Decision]] = {}
+        self.topic_entries = 0
         self.service_fingerprints: frozenset[str] = frozenset()
         self.position = 0
         self.generation = 0
@@ -90,6 +93,7 @@ class AuthzIndex:
             self.bound.clear()
             self.allowed_cache.clear()
             self.topic_cache.clear()
+            self.topic_entries = 0
             self.position = changes.position
             self._log.append((self.generation, frozenset(kick), frozenset(recheck - kick)))
             return len(changes.certificates) + len(changes.policies)
@@ -165,11 +169,14 @@ class AuthzIndex:
             )
         return live[0]
 
-    def bound_policy(self, row: CertRow, client_id: str) -> BoundPolicy | None:
+    def bound_policy(
+        self, row: CertRow, client_id: str, generation: int | None = None
+    ) -> BoundPolicy | None:
+        """`generation`: the index generation read before `row` was (default: now)."""
         key = (row.certificate_id, client_id, row.pinned_component or "")
         bound = self.bound.get(key)
         if bound is None:
-            generation = self.generation
+            generation = self.generation if generation is None else generation
             policy = self._policies.get((row.org_uid, row.policy_id or ""))
             if policy is None:
                 return None
@@ -179,6 +186,8 @@ class AuthzIndex:
             if row.common_name:
                 values["cert.cn"] = row.common_name
             bound = policy.bind(values)
+            if len(self.bound) >= SESSIONS:
+                self.bound.clear()
             self.bound[key] = bound
             if self.generation != generation:  # refreshed meanwhile: do not keep it
                 self.bound.pop(key, None)
@@ -246,6 +255,9 @@ class Authorization:
         index = self.index
         if request.fingerprint in index.service_fingerprints:
             return self._service(request)
+        # read before the row: a refresh replaces rows first and moves the generation after,
+        # so a decision built on a row it replaced is never kept for later requests
+        generation = index.generation
         # hot path inlined (the broker asks for every publish and delivery): the common case
         # is a usable, valid, correctly pinned certificate; anything else takes the full path
         row = index.resolved.get(request.fingerprint)
@@ -276,23 +288,29 @@ class Authorization:
             decision = cache.get(seen)
             if decision is not None:
                 return decision
-        generation = index.generation
-        decision = self._match(request, row, index)
+        decision = self._match(request, row, index, generation)
+        if len(topic) > CACHED_TOPIC_LENGTH:
+            return decision
+        if index.topic_entries >= TOPIC_ENTRIES:
+            index.topic_cache.clear()
+            index.topic_entries = 0
+            cache = None
         if cache is None or len(cache) >= TOPICS_PER_SESSION:
-            if len(index.topic_cache) >= SESSIONS:
-                index.topic_cache.clear()
             cache = index.topic_cache[session] = {}
         cache[seen] = decision
+        index.topic_entries += 1  # an upper bound (a replaced session's entries still count)
         if index.generation != generation:  # the index changed while we decided: the
             cache.pop(seen, None)  # answer stands for this request, not for later ones
         return decision
 
-    def _match(self, request: AccessRequest, row: CertRow, index: AuthzIndex) -> Decision:
+    def _match(
+        self, request: AccessRequest, row: CertRow, index: AuthzIndex, generation: int
+    ) -> Decision:
         """The policy's answer for a usable certificate on a topic of its organization."""
-        topic, generation = request.topic, index.generation
+        topic = request.topic
         bound = index.bound.get((row.certificate_id, request.client_id, row.pinned_component or ""))
         if bound is None:
-            bound = index.bound_policy(row, request.client_id)
+            bound = index.bound_policy(row, request.client_id, generation)
         if bound is None:
             return deny("no-policy", "the certificate has no (existing) policy", row)
         action = request.action

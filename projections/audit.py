@@ -153,7 +153,7 @@ class AuditProjection(ViewProjection):
             found = fields.get("org_uid")
             org_uid = found if isinstance(found, str) and found else None
             org_uid = org_uid or (entity.org_uid if entity else None)
-        key = (entity.key if entity else None) or self._key(entity_type, fields)
+        key = self._key(entity_type, fields) or (entity.key if entity else None)
         self._cache.pop(entity_id, None)  # most recently used last
         self._cache[entity_id] = _Entity(
             org_uid, entity_type, key, fields, event.originator_version

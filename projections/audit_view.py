@@ -152,10 +152,3 @@ class AuditView:
             if len(rows) < EXPORT_PAGE:
                 return
             cursor = int(rows[-1][0])
-
-    def entity_rows(self) -> list[tuple[Any, ...]]:
-        """audit_entities, for comparisons in tests and tooling (ordered by entity id)."""
-        return self.db.query(
-            "SELECT entity_id, org_uid, entity_type, entity_key, fields, version"
-            " FROM audit_entities ORDER BY entity_id"
-        )

@@ -25,6 +25,7 @@ class ViewProjection:
     name: str = ""
     tables: tuple[str, ...] = ()
     version: int = 1  # bump when the tables change shape: the runner rebuilds the read model
+    live_indexes: tuple[str, ...] = ()  # read while catching up: kept during bulk loads
 
     def schema(self) -> list[str]:
         raise NotImplementedError

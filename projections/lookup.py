@@ -117,6 +117,7 @@ def _epoch(value: str) -> float:
 class LookupProjection(ViewProjection):
     name = "lookup"
     tables = ("lookup_certificates", "lookup_policies")
+    live_indexes = ("lookup_certificates_position",)  # the authorization index's refresh
     version = 2
 
     def __init__(self) -> None:

@@ -138,7 +138,10 @@ class ProjectionRunner:
             p for p in self.projections if type(p).prefetch is not ViewProjection.prefetch
         ]
         self._fetch = feed_for(app.recorder)
-        self._wanted: dict[str, bool] = {}  # topic -> some read model handles it
+        self._wanted: dict[str, bool] = {}
+        self._missing_indexes: list[
+            str
+        ] = []  # dropped for a bulk load, not built yet  # topic -> some read model handles it
         self._io: ThreadPoolExecutor | None = None
         self._ahead: ThreadPoolExecutor | None = (
             None  # prefetch work, during catch-up  # reader + writer of the catch-up pipeline
@@ -259,14 +262,18 @@ class ProjectionRunner:
                 getattr(tx, method)(*args)
 
     def _committed(self, batch: _Batch) -> None:
-        for projection in batch.moved:
-            projection.after_commit()  # before waking readers: the index and the trust
-            # directory must reflect what a waiting HTTP request just wrote
-        with self._cond:
+        """The batch is in the tables: run the hooks, then publish its positions (even if a
+        hook failed: the rows are committed whatever a listener thinks of them)."""
+        try:
             for projection in batch.moved:
-                self._positions[projection.name] = batch.last
-            self.processed += batch.size
-            self._cond.notify_all()
+                projection.after_commit()  # before waking readers: the index and the trust
+                # directory must reflect what a waiting HTTP request just wrote
+        finally:
+            with self._cond:
+                for projection in batch.moved:
+                    self._positions[projection.name] = batch.last
+                self.processed += batch.size
+                self._cond.notify_all()
 
     def run_once(self) -> int:
         """Process one batch; returns how many notifications were read."""
@@ -293,6 +300,7 @@ class ProjectionRunner:
 
     def _pipeline(self, stop: threading.Event | None) -> int:
         with self._lock, fewer_young_collections():
+            self._build_missing_indexes()  # a bulk load whose index build failed
             return self._batches(stop)
 
     def _batches(self, stop: threading.Event | None) -> int:
@@ -309,14 +317,19 @@ class ProjectionRunner:
                     reading = io.submit(self._read, read.last)
                     batch = self._apply(read)
                     if writing is not None:
-                        total += self._finish(*writing)
+                        done, writing = writing, None  # finished once, whatever happens
+                        total += self._finish(*done)
                     writing = (io.submit(self._write, batch), batch)
                 if writing is not None:
-                    total += self._finish(*writing)
+                    done, writing = writing, None
+                    total += self._finish(*done)
             except BaseException:
-                if writing is not None and _succeeded(writing[0]):
-                    self._committed(writing[1])  # it is in the tables: let readers know
-                self._reload()
+                # memory may hold a batch applied but never written: back to the tables
+                try:
+                    if writing is not None and _succeeded(writing[0]):
+                        self._committed(writing[1])  # it is in the tables: let readers know
+                finally:
+                    self._reload()
                 raise
         return total
 
@@ -340,18 +353,35 @@ class ProjectionRunner:
     @contextlib.contextmanager
     def _indexes_built_at_the_end(self, projections: Sequence[ViewProjection]) -> Iterator[None]:
         """Filling read models from zero: secondary indexes are dropped first and built once
-        at the end, several times cheaper than keeping them up to date row by row. If the
-        process dies in between, the schema brings them back at the next start."""
-        indexes = [s for p in projections for s in p.schema() if s.startswith(_SECONDARY_INDEX)]
+        at the end, several times cheaper than keeping them up to date row by row. Indexes a
+        projection reads while catching up (`live_indexes`) stay. If the build fails, the
+        next catch-up tries again; if the process dies, the schema brings them back."""
+        indexes = [
+            statement
+            for p in projections
+            for statement in p.schema()
+            if statement.startswith(_SECONDARY_INDEX) and statement.split()[5] not in p.live_indexes
+        ]
         with self.db.transaction() as tx:
             for statement in indexes:
                 tx.execute(f"DROP INDEX IF EXISTS {statement.split()[5]}")
         try:
             yield
         finally:
+            self._missing_indexes.extend(indexes)
+            self._build_missing_indexes()
+
+    def _build_missing_indexes(self) -> None:
+        if not self._missing_indexes:
+            return
+        try:
             with self.db.transaction() as tx:
-                for statement in indexes:
+                for statement in self._missing_indexes:
                     tx.execute(statement)
+        except Exception:  # never hide the catch-up's own error; the next one retries
+            log.exception("could not build read-model indexes; will retry")
+            return
+        self._missing_indexes.clear()
 
     def _empty_and_far_behind(self) -> bool:
         """Every read model empty and a long log to read: a first start on an existing store,

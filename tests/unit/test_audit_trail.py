@@ -236,6 +236,23 @@ class TestAuditTrailOnSqlite(TestAuditTrailInMemory):
         finally:
             again.close()
 
+    def test_an_entity_key_is_its_key_after_each_event_warm_or_read_back(
+        self, cw: Certwarden
+    ) -> None:
+        org = cw.registry.create_organization(f"o-{uuid.uuid4().hex[:6]}", ADMIN).uid
+        cw.registry.rename_organization(org, "first name", ADMIN)
+        cw.sync()
+        again = bootstrap(cw.settings)  # a restart: the next rename is read back cold
+        try:
+            again.start(background=False)
+            again.registry.rename_organization(org, "second name", ADMIN)
+            again.sync()
+            assert audit_projection(again).lookups == 1
+            renamed, _ = again.audit.query(org, event_type="Renamed", newest_first=False)
+            assert [r["entity_key"] for r in renamed] == ["first name", "second name"]
+        finally:
+            again.close()
+
     def test_the_first_audit_read_model_is_replaced_and_replayed(self, cw: Certwarden) -> None:
         org, cid = new_cert(cw)
         rows = len(cw.audit.query(org, limit=1000)[0])

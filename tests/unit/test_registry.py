@@ -252,9 +252,9 @@ class TestRegistryInMemory:
         index = cw.index
         bind = index.bound_policy
 
-        def during_a_refresh(row: Any, client_id: str) -> Any:
+        def during_a_refresh(row: Any, client_id: str, generation: Any = None) -> Any:
             index.generation += 1  # what a refresh on the projection thread does first
-            return bind(row, client_id)
+            return bind(row, client_id, generation)
 
         monkeypatch.setattr(index, "bound_policy", during_a_refresh)
         request = AccessRequest(
