@@ -26,7 +26,8 @@ from projections.catalogue_view import CatalogueView
 from projections.components import ComponentsProjection, ComponentsView
 from projections.db import PostgresViewDb, SqliteViewDb, ViewDb
 from projections.decision_log import SqlDecisionLog
-from projections.lookup import LookupProjection, LookupTable
+from projections.lookup import LookupProjection
+from projections.lookup_view import LookupTable
 from projections.operation_outcomes import OutcomeStore
 from projections.operations import OperationsProjection
 from projections.operations_view import OperationsView, RunPages
