@@ -7,14 +7,14 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.utils import resolve_topic
 
 from application.allocation import fewer_young_collections
 from projections.base import Handler, ViewProjection
-from projections.db import Row, ViewDb
+from projections.batches import Batch, Read, RecordedWrites, succeeded
+from projections.db import ViewDb
 from projections.event_feed import feed_for
 
 log = logging.getLogger(__name__)
@@ -31,73 +31,6 @@ SAVE_POSITION = (
 
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
 BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
-
-
-class RecordedWrites:
-    """What the projections' `flush` asked for, kept to be written later by the writer thread.
-
-    Rows are taken as they are at flush time (projections build fresh row lists of plain
-    values), so the next batch can be applied in memory while this one is being written.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        self.calls.append(("execute", (sql, tuple(params))))
-        return []  # flushes only write; nothing they run returns rows
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self.calls.append(("executemany", (sql, list(rows))))
-
-    def clear(self, table: str) -> None:
-        self.calls.append(("clear", (table,)))
-
-    def bulk_insert(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        if rows:
-            self.calls.append(("bulk_insert", (table, tuple(columns), list(rows))))
-
-    def bulk_upsert(
-        self, table: str, key: Sequence[str], columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        if rows:
-            self.calls.append(("bulk_upsert", (table, tuple(key), tuple(columns), list(rows))))
-
-    def bulk_update(
-        self, table: str, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        if rows:
-            self.calls.append(("bulk_update", (table, key, tuple(columns), list(rows))))
-
-
-def _succeeded(future: Future[None]) -> bool:
-    """Wait for a write still running; True when it committed."""
-    try:
-        future.result()
-    except BaseException:  # noqa: BLE001 - the caller re-raises its own error
-        return False
-    return True
-
-
-@dataclass(slots=True)
-class _Read:
-    """Notifications first..last (size of them), and the decoded events a read model needs."""
-
-    first: int
-    last: int
-    size: int
-    events: list[tuple[int, Any]]
-    prefetched: Future[None] | None = None
-
-
-class _Batch:
-    """One batch applied in memory: its writes, the projections it moved, its last position."""
-
-    def __init__(self, writes: RecordedWrites, moved: list[ViewProjection], last: int, size: int):
-        self.writes, self.moved, self.last, self.size = writes, moved, last, size
 
 
 class ProjectionRunner:
@@ -194,12 +127,12 @@ class ProjectionRunner:
         return self._positions[name]
 
     # -- one batch, in three steps --------------------------------------------------
-    def _read(self, after: int) -> _Read:
+    def _read(self, after: int) -> Read:
         """The next batch, decoded here, off the apply thread (decompression releases the
         GIL). Events no read model handles (uniqueness claims, say) are not decoded at all."""
         notifications = self._fetch(after, self.batch_size)
         if not notifications:
-            return _Read(0, 0, 0, [])
+            return Read(0, 0, 0, [])
         to_event = self.app.mapper.to_domain_event
         wanted = self._wanted
         events = []
@@ -209,7 +142,7 @@ class ProjectionRunner:
                 needed = wanted[n.topic] = self._handled(n.topic)
             if needed:
                 events.append((n.id, to_event(n)))
-        read = _Read(notifications[0].id, notifications[-1].id, len(notifications), events)
+        read = Read(notifications[0].id, notifications[-1].id, len(notifications), events)
         if self._prefetching:
             if self._ahead is None:
                 self._prefetch(events)
@@ -228,7 +161,7 @@ class ProjectionRunner:
             return True
         return any(p.handler_for(cls) is not None for p in self.projections)
 
-    def _apply(self, read: _Read) -> _Batch:
+    def _apply(self, read: Read) -> Batch:
         """Apply in memory and take the rows to write; nothing is written yet."""
         if read.prefetched is not None:
             read.prefetched.result()
@@ -254,14 +187,14 @@ class ProjectionRunner:
         writes.executemany(SAVE_POSITION, [(p.name, last) for p in moved])
         for projection in moved:
             applied[projection.name] = last
-        return _Batch(writes, moved, last, read.size)
+        return Batch(writes, moved, last, read.size)
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: Batch) -> None:
         with self.db.transaction() as tx:
             for method, args in batch.writes.calls:
                 getattr(tx, method)(*args)
 
-    def _committed(self, batch: _Batch) -> None:
+    def _committed(self, batch: Batch) -> None:
         """The batch is in the tables: run the hooks, then publish its positions (even if a
         hook failed: the rows are committed whatever a listener thinks of them)."""
         try:
@@ -310,7 +243,7 @@ class ProjectionRunner:
                 self._io = ThreadPoolExecutor(2, thread_name_prefix="projections-io")
                 self._ahead = ThreadPoolExecutor(1, thread_name_prefix="projections-ahead")
             io = self._io
-            writing: tuple[Future[None], _Batch] | None = None
+            writing: tuple[Future[None], Batch] | None = None
             try:
                 reading = io.submit(self._read, min(self._applied.values(), default=0))
                 while (read := reading.result()).size and not (stop and stop.is_set()):
@@ -326,14 +259,14 @@ class ProjectionRunner:
             except BaseException:
                 # memory may hold a batch applied but never written: back to the tables
                 try:
-                    if writing is not None and _succeeded(writing[0]):
+                    if writing is not None and succeeded(writing[0]):
                         self._committed(writing[1])  # it is in the tables: let readers know
                 finally:
                     self._reload()
                 raise
         return total
 
-    def _finish(self, writing: Future[None], batch: _Batch) -> int:
+    def _finish(self, writing: Future[None], batch: Batch) -> int:
         writing.result()
         self._committed(batch)
         return batch.size
