@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from application.lookup import CertRow, LookupSource, PolicyRow
 from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision
@@ -273,12 +274,13 @@ class Authorization:
             if isinstance(found, Decision):
                 return found
             row = found
-        assert isinstance(row, CertRow)
+        if TYPE_CHECKING:  # the fast path's class check narrows it at run time
+            assert isinstance(row, CertRow)
         topic = request.topic
         if topic.startswith("manage/"):
             return self._myorg(request, row)
         org = row.org_uid
-        if not (topic.startswith(org) and topic[len(org) : len(org) + 1] == "/"):
+        if not (topic.startswith(org) and topic.startswith("/", len(org))):
             return deny("outside-namespace", f"topics must start with {row.org_uid}/", row)
         action = request.action
         session = (row.certificate_id, request.client_id)
