@@ -310,9 +310,7 @@ class Authorization:
     ) -> Decision:
         """The policy's answer for a usable certificate on a topic of its organization."""
         topic = request.topic
-        bound = index.bound.get((row.certificate_id, request.client_id, row.pinned_component or ""))
-        if bound is None:
-            bound = index.bound_policy(row, request.client_id, generation)
+        bound = index.bound_policy(row, request.client_id, generation)
         if bound is None:
             return deny("no-policy", "the certificate has no (existing) policy", row)
         action = request.action

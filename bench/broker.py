@@ -31,18 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.broker_runtime import BrokerRuntime  # noqa: E402
 from adapters.mosquitto.broker import MosquittoProcess  # noqa: E402
-from adapters.settings import Settings  # noqa: E402
-from application.bootstrap import bootstrap  # noqa: E402
 from domain.meta import Actor  # noqa: E402
 from tests import factories as f  # noqa: E402
+from tests.integration.broker.support import free_port, start_stack  # noqa: E402
 
 ACTOR = Actor.system("bench")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_device(directory: Path, issued: f.Issued) -> tuple[Path, Path]:
@@ -167,17 +160,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cw-bench-"))
-    settings = Settings(
-        store="sqlite",
-        data_dir=tmp / "var",
-        mqtt_port=free_port(),
-        plugin_path=ROOT / "var" / "build" / "certwarden_plugin.so",
-        projection_poll_seconds=0.05,
-    )
-    cw = bootstrap(settings)
-    cw.start()
-    runtime = BrokerRuntime(cw, settings)
-    runtime.start()
+    cw, runtime = start_stack(tmp, operations=False)
     plain = None
     try:
         assert runtime.pki is not None
@@ -210,13 +193,13 @@ def main() -> None:
         per = args.messages // 10
         print(f"QoS 1 throughput, 10 TLS clients, {per * 10} messages each run:")
         base = throughput(plain_port, ca, devices, topic, per)
-        with_plugin = throughput(settings.mqtt_port, ca, devices, topic, per)
+        with_plugin = throughput(runtime.settings.mqtt_port, ca, devices, topic, per)
         print(f"  plain Mosquitto (same TLS config, no plugin): {base:,.0f} msg/s")
         print(f"  Mosquitto + certwarden plugin:                {with_plugin:,.0f} msg/s")
         print(f"  ratio {with_plugin / base:.2f}x (target >= 0.8x)")
 
         base_c = connects_per_second(plain_port, ca, devices[0], args.connects)
-        plug_c = connects_per_second(settings.mqtt_port, ca, devices[0], args.connects)
+        plug_c = connects_per_second(runtime.settings.mqtt_port, ca, devices[0], args.connects)
         print(
             f"TLS connects/s: plain {base_c:,.0f}, with plugin {plug_c:,.0f}, ratio {plug_c / base_c:.2f}x (target >= 0.7x)"
         )
@@ -228,9 +211,9 @@ def main() -> None:
                 0
             ].certificate_id
             cw.sync()
-            c = client(settings.mqtt_port, ca, *write_device(tmp, leaf))
+            c = client(runtime.settings.mqtt_port, ca, *write_device(tmp, leaf))
             gone = threading.Event()
-            assert connect(c, settings.mqtt_port) == 0
+            assert connect(c, runtime.settings.mqtt_port) == 0
             c.on_disconnect = lambda *_a, gone=gone: gone.set()
             start = time.perf_counter()
             cw.registry.update_certificate(org, cid, {"status": "INACTIVE"}, ACTOR)
@@ -253,9 +236,9 @@ def main() -> None:
                 org, leaf.pem + new_root.pem, ACTOR, policy_id="devices"
             )
             while True:
-                c = client(settings.mqtt_port, ca, *device)
+                c = client(runtime.settings.mqtt_port, ca, *device)
                 try:
-                    code = connect(c, settings.mqtt_port, timeout=2)
+                    code = connect(c, runtime.settings.mqtt_port, timeout=2)
                 except OSError:
                     code = -1
                 if code == 0 or time.perf_counter() - start > 10:

@@ -27,13 +27,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.broker_runtime import BrokerRuntime  # noqa: E402
 from adapters.device_agent import DeviceAgent, DeviceConfig  # noqa: E402
-from adapters.settings import Settings  # noqa: E402
-from application.bootstrap import bootstrap  # noqa: E402
-from bench.broker import free_port, pct  # noqa: E402
+from bench.broker import pct  # noqa: E402
 from domain.meta import Actor  # noqa: E402
 from tests import factories as f  # noqa: E402
+from tests.integration.broker.support import start_stack  # noqa: E402
 
 ACTOR = Actor.system("bench")
 POLICY = [
@@ -134,18 +132,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed for the roll")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cw-roll-"))
-    settings = Settings(
-        store="sqlite",
-        data_dir=tmp / "var",
-        mqtt_port=free_port(),
-        plugin_path=ROOT / "var" / "build" / "certwarden_plugin.so",
-        projection_poll_seconds=0.05,
-    )
-    cw = bootstrap(settings)
-    cw.start()
-    runtime = BrokerRuntime(cw, settings)
-    runtime.start()
-    cw.start_operations()
+    cw, runtime = start_stack(tmp)
     spawn = mp.get_context("spawn")  # never fork a process running certwarden's threads
     pipes: list[Connection] = []
     workers: list[Any] = []
@@ -165,7 +152,7 @@ def main() -> None:
             enrol(cw, org, component, state, runtime.pki.ca_cert_path)
             groups[i % hosts].append(
                 DeviceConfig(
-                    "127.0.0.1", settings.mqtt_port, component, state, org, reply_timeout=60
+                    "127.0.0.1", runtime.settings.mqtt_port, component, state, org, reply_timeout=60
                 )
             )
         cw.sync()

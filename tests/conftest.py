@@ -47,3 +47,13 @@ def cw(store: str, tmp_path: Path) -> Iterator[Certwarden]:
         container.close()
         if store == "postgres":
             drop_schema(settings)
+
+
+def index_names(cw: Certwarden) -> set[str]:
+    """The read-model database's own (secondary) indexes, on SQLite or PostgreSQL."""
+    query = (
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        if cw.db.dialect == "postgres"
+        else "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    )
+    return {str(r[0]) for r in cw.db.query(query)}

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from adapters.broker_runtime import BrokerRuntime
-from adapters.settings import Settings
-from application.bootstrap import Certwarden, bootstrap
+from application.bootstrap import Certwarden
 from domain.meta import Actor, ActorKind
 from tests import factories as f
-from tests.integration.broker.support import Device, free_port
+from tests.integration.broker.support import Device, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = Actor(ActorKind.API_KEY, "e2e-key", "e2e-user", "e2e", "127.0.0.1")
@@ -51,21 +50,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     tmp = Path(tempfile.mkdtemp(prefix="cw-e2e-"))  # short: unix socket paths are limited
-    settings = Settings(
-        store="sqlite",
-        data_dir=tmp / "var",
-        mqtt_port=free_port(),
-        plugin_path=ROOT / "var" / "build" / "certwarden_plugin.so",
-        projection_poll_seconds=0.05,
-    )
-    cw = bootstrap(settings)
-    cw.start()
-    runtime = BrokerRuntime(cw, settings)
-    runtime.start()
-    cw.start_operations()  # in-process worker publishing through this broker
+    cw, runtime = start_stack(tmp)  # with the in-process worker publishing through it
     try:
         assert runtime.pki is not None
-        yield Stack(cw, runtime, settings.mqtt_port, runtime.pki.ca_cert_path, tmp)
+        yield Stack(cw, runtime, runtime.settings.mqtt_port, runtime.pki.ca_cert_path, tmp)
     finally:
         runtime.stop()
         cw.close()

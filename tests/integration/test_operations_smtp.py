@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import socket
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from application.bootstrap import Certwarden, bootstrap
 from application.ports import MailError, OutgoingEmail
 from tests import factories as f
 from tests.conftest import make_settings
+from tests.integration.broker.support import free_port
 from tests.operations_support import ADMIN, FakePublisher, new_org, operation, seed
 
 
@@ -32,12 +32,6 @@ class Inbox:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from domain.errors import InvalidInput, NotFound
 from domain.meta import Actor, ActorKind
 from projections.audit import AuditProjection
 from tests import factories as f
+from tests.conftest import index_names
 
 ADMIN = Actor(ActorKind.API_KEY, "key-1", "user-1", "req-1", "10.1.2.3")
 POLICY = [{"topics": ["${org.uid}/feed/#"], "actions": ["PUBLISH"]}]
@@ -88,10 +89,10 @@ class TestAuditTrailInMemory:
 
     def test_a_rebuild_builds_the_secondary_indexes_again(self, cw: Certwarden) -> None:
         new_cert(cw)
-        before = self.indexes(cw)
+        before = index_names(cw)
         assert {"audit_trail_org", "lookup_certificates_fp"} <= before
         cw.runner.rebuild()
-        assert self.indexes(cw) == before
+        assert index_names(cw) == before
 
     def test_a_catch_up_from_empty_read_models_builds_the_indexes_at_the_end(
         self, cw: Certwarden, monkeypatch: pytest.MonkeyPatch
@@ -100,7 +101,7 @@ class TestAuditTrailInMemory:
         cw.registry.update_certificate(org, cid, {"name": "renamed"}, ADMIN)
         cw.sync()
         expected = cw.audit.query(org, newest_first=False)[0]
-        indexes = self.indexes(cw)
+        indexes = index_names(cw)
         runner = cw.runner
         with cw.db.transaction() as tx:  # as a new deployment on an existing store: no views
             for projection in runner.projections:
@@ -119,18 +120,9 @@ class TestAuditTrailInMemory:
         runner.catch_up()
         assert used == [len(runner.projections)]
         assert cw.audit.query(org, newest_first=False)[0] == expected
-        assert self.indexes(cw) == indexes
+        assert index_names(cw) == indexes
         runner.catch_up()  # nothing to do, not empty: no second drop
         assert used == [len(runner.projections)]
-
-    @staticmethod
-    def indexes(cw: Certwarden) -> set[str]:
-        query = (
-            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
-            if cw.db.dialect == "postgres"
-            else "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
-        )
-        return {r[0] for r in cw.db.query(query)}
 
     def test_the_trail_filters_by_actor_kind_and_several_event_types(self, cw: Certwarden) -> None:
         org, cid = new_cert(cw)

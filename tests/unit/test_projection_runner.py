@@ -11,6 +11,7 @@ import pytest
 from application.bootstrap import Certwarden, bootstrap
 from domain.meta import Actor, ActorKind
 from projections.lookup import LookupProjection
+from tests.conftest import index_names
 
 ADMIN = Actor(ActorKind.API_KEY, "key-1", "user-1", "req-1", "10.1.2.3")
 
@@ -113,11 +114,6 @@ class _Guarded:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tx, name)
-
-
-def index_names(cw: Certwarden) -> set[str]:
-    rows = cw.db.query("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
-    return {str(r[0]) for r in rows}
 
 
 def test_indexes_a_failed_bulk_load_could_not_build_come_back_on_the_next_catch_up(

@@ -25,6 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from adapters.broker_runtime import BrokerRuntime
+from adapters.settings import Settings
+from application.bootstrap import Certwarden, bootstrap
 from application.ports import AccessRequest, Action, Changes, ConnectRequest, Decision, Publish
 from tests.factories import Issued, make_leaf, unique_cn
 
@@ -208,6 +211,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def start_stack(tmp: Path, *, operations: bool = True) -> tuple[Certwarden, BrokerRuntime]:
+    """The whole service on loopback, as `make run` starts it: a SQLite store under `tmp`,
+    certwarden's Mosquitto (TLS, the plugin) on a free port and, unless told otherwise, the
+    in-process operations worker publishing through it. Stop with `runtime.stop()` then
+    `cw.close()`."""
+    settings = Settings(
+        store="sqlite",
+        data_dir=tmp / "var",
+        mqtt_port=free_port(),
+        plugin_path=ROOT / "var" / "build" / "certwarden_plugin.so",
+        projection_poll_seconds=0.05,
+    )
+    cw = bootstrap(settings)
+    cw.start()
+    runtime = BrokerRuntime(cw, settings)
+    runtime.start()
+    if operations:
+        cw.start_operations()
+    return cw, runtime
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
