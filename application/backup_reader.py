@@ -12,8 +12,10 @@ import json
 import re
 import zlib
 from collections.abc import Container, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from uuid import UUID
+
+from isal import isal_zlib
 
 from application.backup_format import (
     MAX_LINE,
@@ -24,6 +26,8 @@ from application.backup_format import (
     genesis,
 )
 
+# isal's stub declares `error` as an instance; it is an exception class (IsalError)
+_GZIP_ERRORS: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], isal_zlib.error))
 _TAIL = len(b',"hash":"') + 64 + len(b'"}')
 _STATE_OFFSET = len(b',"prev":"') + 64 + len(b'","s":')
 _HEAD = re.compile(r'\{"id":"([0-9a-f-]{36})","pos":(0|[1-9][0-9]*),"prev":"([0-9a-f]{64})","s":')
@@ -48,7 +52,7 @@ def _raw_lines(source: BinaryIO, seen: Any = None) -> Iterator[tuple[int, bytes]
                 packed = packed.lstrip(b"\0")  # zero padding between members, as gzip reads
                 if not packed:
                     continue
-                unpacker = zlib.decompressobj(31)
+                unpacker = isal_zlib.decompressobj(31)  # ISA-L: ~2.5x zlib's speed
             # at most 4 MiB out per call: a small file cannot inflate into a huge buffer
             text = carry + unpacker.decompress(packed, MAX_LINE)
             pending = unpacker.unconsumed_tail
@@ -63,7 +67,7 @@ def _raw_lines(source: BinaryIO, seen: Any = None) -> Iterator[tuple[int, bytes]
                 yield number, line + b"\n"
             if len(carry) >= MAX_LINE:
                 raise BackupFormatError(number + 1, f"longer than {MAX_LINE >> 20} MiB")
-    except zlib.error as exc:
+    except _GZIP_ERRORS as exc:
         raise BackupFormatError(number + 1, f"not a readable gzip stream ({exc})") from None
     if unpacker is not None:
         raise BackupFormatError(number + 1, "the gzip stream ends early (truncated)")

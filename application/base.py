@@ -35,7 +35,7 @@ class RegistryBase(Application[UUID]):
     name = "certwarden"
     env = {
         "AGGREGATE_CACHE_MAXSIZE": "20000",
-        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+        "COMPRESSOR_TOPIC": "application.state_encoding:SmallStatesPlain",
     }
 
     def __init__(self, env: dict[str, str] | None = None) -> None:

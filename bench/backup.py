@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,9 @@ def seed(cw: Any, name: str, events: int) -> str:
     versions = {c.id: c.version for c in certs}
     certs[0].rename("template", actor.meta())  # minted by the domain, never saved: a template
     template = reg.mapper.to_stored_event(certs[0].collect_events()[0])
-    plain = zlib.decompress(template.state).decode()
+    encoding = reg.mapper.compressor
+    assert encoding is not None and reg.mapper.cipher is None
+    plain = encoding.decompress(template.state).decode()
     start = datetime.now(UTC)
     done = reg.max_position() - before
     batch: list[StoredEvent] = []
@@ -71,8 +72,7 @@ def seed(cw: Any, name: str, events: int) -> str:
         state = plain.replace('"template"', f'"name-{n}"').replace(
             str(json.loads(plain)["timestamp"]["_data_"]), moment
         )
-        packer = zlib.compressobj(6, zlib.DEFLATED, 12, 4)
-        packed = packer.compress(state.encode()) + packer.flush()
+        packed = encoding.compress(state.encode())  # as the store encodes it
         batch.append(StoredEvent(cert.id, versions[cert.id], template.topic, packed))
         if len(batch) >= BATCH:
             reg.recorder.insert_events(batch)
