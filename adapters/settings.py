@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_restore_bytes: int = Field(default=16 << 30, ge=1024)  # POST /api/v1/restore (to disk)
     projection_poll_seconds: float = 0.2
+    projection_helper: bool = Field(
+        default=True,
+        description="PostgreSQL: fill the audit trail in a helper process when every read model"
+        " starts from zero over a long log (restore into a new store, rebuild, first start)",
+    )
 
     roll_timeout_seconds: float = Field(
         default=86400, gt=0, description="a roll not retired within this raises a notification"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from adapters.catch_up_helper import ProcessHelpers
 from adapters.mqtt_process import ProcessCommandPublisher
 from adapters.mqtt_publisher import FileServerCertificate, MqttTarget
 from adapters.scheduler import CroniterCalendar, Scheduler
@@ -21,6 +22,7 @@ from application.side_effects import Background
 from domain.meta import Actor
 from domain.notification import NotificationKind, Severity
 from projections.audit import AuditProjection, AuditView
+from projections.base import ViewProjection
 from projections.catalogue import CatalogueProjection
 from projections.catalogue_view import CatalogueView
 from projections.components import ComponentsProjection, ComponentsView
@@ -37,6 +39,7 @@ from projections.runner import ProjectionRunner
 from projections.trust_anchors import TrustAnchorProjection
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", bound=ViewProjection)
 
 
 @dataclass
@@ -130,6 +133,24 @@ def ensure_postgres(settings: Settings) -> None:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.postgres_schema}"')
 
 
+def read_models(registry: Registry) -> list[ViewProjection]:
+    """Every read model, fresh (the main process's runner, or a catch-up helper's)."""
+    return [
+        LookupProjection(),
+        CatalogueProjection(),
+        AuditProjection(state_at=registry.state_at),
+        ComponentsProjection(),
+        TrustAnchorProjection(),
+        PrincipalsProjection(),
+        RollTrackingProjection(),
+        OperationsProjection(),
+    ]
+
+
+def _one(projections: list[ViewProjection], cls: type[P]) -> P:
+    return next(p for p in projections if isinstance(p, cls))
+
+
 def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     settings = settings or Settings(**overrides)
     if settings.store == "postgres":
@@ -141,23 +162,20 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
     else:
         db = SqliteViewDb(":memory:")
     registry = Registry(env=settings.eventsourcing_env())
-    lookup_projection = LookupProjection()
-    catalogue_projection = CatalogueProjection()
-    trust_anchors = TrustAnchorProjection()
+    projections = read_models(registry)
+    lookup_projection = _one(projections, LookupProjection)
+    trust_anchors = _one(projections, TrustAnchorProjection)
+    helpers = None
+    if settings.store == "postgres" and settings.projection_helper:
+        helpers = ProcessHelpers(
+            settings.eventsourcing_env(), settings.postgres_conninfo(), settings.postgres_schema
+        )
     runner = ProjectionRunner(
         registry,
         db,
-        [
-            lookup_projection,
-            catalogue_projection,
-            AuditProjection(state_at=registry.state_at),
-            ComponentsProjection(),
-            trust_anchors,
-            PrincipalsProjection(),
-            RollTrackingProjection(),
-            OperationsProjection(),
-        ],
+        projections,
         poll_interval=settings.projection_poll_seconds,
+        helpers=helpers,
     )
     lookup = LookupTable(db)
     index = AuthzIndex(lookup)

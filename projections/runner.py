@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from eventsourcing.utils import resolve_topic
 
@@ -31,6 +32,26 @@ SAVE_POSITION = (
 
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
 BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
+_AWAY = sys.maxsize  # "applied" position of a read model a helper process is filling
+_NOW = threading.Event()  # a stop signal that is already given
+_NOW.set()
+
+
+class HelperRun(Protocol):
+    def wait(self, stop: threading.Event | None) -> bool:
+        """Block until the helper ends; True if it caught its read models up to the end of
+        the log without error. If `stop` is set meanwhile, end the helper and return False."""
+        ...
+
+
+class Helpers(Protocol):
+    """Another process that fills some read models from zero beside this one (a port: the
+    wiring decides if there is one). Its rows and tracking positions reach the same tables
+    in its own transactions, so each read model is still written exactly once."""
+
+    names: Sequence[str]  # the read models a helper takes
+
+    def start(self, names: Sequence[str]) -> HelperRun: ...
 
 
 class ProjectionRunner:
@@ -53,12 +74,16 @@ class ProjectionRunner:
         batch_size: int = 5000,
         poll_interval: float = 0.2,
         bulk_from_zero: int = BULK_FROM_ZERO,
+        helpers: Helpers | None = None,
+        setup: bool = True,
     ) -> None:
         self.app = app
         self.db = db
         self.projections = list(projections)
         self.batch_size = batch_size
         self.bulk_from_zero = bulk_from_zero
+        self.helpers = helpers
+        self._away: set[str] = set()  # read models a helper process is filling right now
         self.poll_interval = poll_interval
         self._positions: dict[str, int] = {}  # committed
         self._applied: dict[str, int] = {}  # applied in memory (>= committed)
@@ -81,7 +106,12 @@ class ProjectionRunner:
         )
         self.processed = 0
         self.error: BaseException | None = None
-        self._setup()
+        if setup:
+            self._setup()
+        else:  # a helper process: the tables are the parent's (and their indexes dropped)
+            for projection in self.projections:
+                projection.prepare()
+            self._reload()
 
     def _setup(self) -> None:
         """Create tables; a projection whose schema version changed is dropped and rebuilt."""
@@ -109,15 +139,21 @@ class ProjectionRunner:
             projection.prepare()
         self._reload()
 
-    def _reload(self) -> None:
+    def _reload(self, names: Sequence[str] | None = None) -> None:
+        """Positions and in-memory state from the tables (all read models, or the named)."""
         rows: dict[str, int] = {
             str(r[0]): int(r[1])
             for r in self.db.query("SELECT name, position FROM projection_tracking")
         }
         for projection in self.projections:
+            if names is not None and projection.name not in names:
+                continue
             self._positions[projection.name] = int(rows.get(projection.name, 0))
+            if projection.name in self._away:
+                self._applied[projection.name] = _AWAY  # a helper is writing it: hands off
+                continue
             projection.load(self.db)
-        self._applied = dict(self._positions)
+            self._applied[projection.name] = self._positions[projection.name]
 
     @property
     def position(self) -> int:
@@ -227,9 +263,49 @@ class ProjectionRunner:
         """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
         with self._lock:
             if self._empty_and_far_behind():
-                with self._indexes_built_at_the_end(self.projections):
-                    return self._pipeline(stop)
+                return self._bulk(self.projections, stop)
             return self._pipeline(stop)
+
+    def follow_to_end(self, stop: threading.Event | None = None) -> int:
+        """A helper process's catch-up: the plain pipeline, no bulk set-up of its own."""
+        with self._lock:
+            return self._pipeline(stop)
+
+    def _bulk(self, among: Sequence[ViewProjection], stop: threading.Event | None) -> int:
+        """Filling read models from zero. With a helper process (PostgreSQL), the read models
+        it takes fill there, on the other core, while the rest fill here; afterwards this
+        runner takes them back at whatever position the helper committed, and the pipeline
+        that follows catches them up from there (so a helper that failed, or never started,
+        only costs time). Indexes: see _indexes_built_at_the_end; a read model the helper
+        fills keeps them, its inserts keeping them current on the core this process leaves
+        idle once its own share is done (measured: 4 s less than a build at the end, 1M)."""
+        helped = [p.name for p in among if self.helpers and p.name in self.helpers.names]
+        with self._indexes_built_at_the_end([p for p in among if p.name not in helped]):
+            return self._with_helper(helped, stop) + self._pipeline(stop)
+
+    def _with_helper(self, names: list[str], stop: threading.Event | None) -> int:
+        if self.helpers is None or not names:
+            return 0
+        try:
+            run = self.helpers.start(names)
+        except Exception:  # noqa: BLE001 - the read models still fill, in this process
+            log.exception("could not start a catch-up helper; catching up in this process")
+            return 0
+        self._away.update(names)
+        for name in names:
+            self._applied[name] = _AWAY
+        ended = False
+        try:
+            total = self._pipeline(stop)
+            if not run.wait(stop):
+                log.warning("catch-up helper did not finish %s; continuing here", names)
+            ended = True
+            return total
+        finally:
+            if not ended:  # this catch-up failed: end the helper before taking them back
+                run.wait(_NOW)
+            self._away.difference_update(names)
+            self._reload(names)
 
     def _pipeline(self, stop: threading.Event | None) -> int:
         with self._lock, fewer_young_collections():
@@ -280,8 +356,7 @@ class ProjectionRunner:
                     projection.reset(tx)
                     tx.execute("DELETE FROM projection_tracking WHERE name = ?", (projection.name,))
             self._reload()
-            with self._indexes_built_at_the_end(chosen):
-                return self._pipeline(None)
+            return self._bulk(chosen, None)
 
     @contextlib.contextmanager
     def _indexes_built_at_the_end(self, projections: Sequence[ViewProjection]) -> Iterator[None]:

@@ -1,0 +1,105 @@
+"""A helper process fills the audit trail beside the main catch-up (PostgreSQL), and the
+read models come out exactly as a catch-up in one process makes them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.catch_up_helper import ProcessHelpers
+from application.bootstrap import Certwarden, bootstrap
+from domain.meta import Actor
+from projections.runner import HelperRun
+from tests import factories as f
+from tests.conftest import drop_schema, index_names, make_settings
+
+AUDIT_INDEXES = {"audit_trail_org", "audit_trail_entity", "audit_trail_key", "audit_trail_time"}
+
+
+@pytest.fixture
+def cw(tmp_path: Path) -> Iterator[Certwarden]:
+    settings = make_settings("postgres", tmp_path)
+    container = bootstrap(settings)
+    container.start(background=False)
+    try:
+        actor = Actor.system("test")
+        org = container.registry.create_organization("helped", actor).uid
+        root = f.make_root(f.unique_cn("root"))
+        pem = b"".join(f.make_leaf(root, f.unique_cn()).pem for _ in range(30)) + root.pem
+        done = container.registry.import_certificates(org, pem, actor)
+        for n, item in enumerate(done[:10]):
+            cert = container.registry.certificate(org, item.certificate_id)
+            cert.rename(f"renamed-{n}", actor.meta())
+            container.registry.commit(cert)
+        container.sync()
+        yield container
+    finally:
+        container.close()
+        drop_schema(settings)
+
+
+class Counting:
+    """The real helpers, remembering what they were asked to take."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.names = real.names
+        self.started: list[list[str]] = []
+
+    def start(self, names: Sequence[str]) -> HelperRun:
+        self.started.append(list(names))
+        run: HelperRun = self.real.start(names)
+        return run
+
+
+def read_models(cw: Certwarden) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        table: [tuple(r) for r in cw.db.query(f"SELECT * FROM {table} ORDER BY 1")]  # noqa: S608
+        for table in ("audit_trail", "catalogue_certificates", "lookup_certificates")
+    }
+
+
+def test_a_rebuild_hands_the_audit_trail_to_a_helper_and_gets_the_same_rows(
+    cw: Certwarden,
+) -> None:
+    before = read_models(cw)
+    helpers = Counting(cw.runner.helpers)
+    cw.runner.helpers = helpers
+    cw.runner.rebuild()
+    assert helpers.started == [["audit"]]
+    assert read_models(cw) == before
+    assert cw.runner.position_of("audit") == cw.registry.max_position()
+    assert AUDIT_INDEXES <= index_names(cw)
+
+
+def test_a_helper_that_fails_leaves_its_read_models_to_this_process(cw: Certwarden) -> None:
+    before = read_models(cw)
+    settings = cw.settings
+    helpers = Counting(  # a helper that cannot reach the database exits with an error
+        ProcessHelpers(settings.eventsourcing_env(), "host=127.0.0.1 port=1", "nowhere")
+    )
+    cw.runner.helpers = helpers
+    cw.runner.rebuild()
+    assert helpers.started == [["audit"]]
+    assert read_models(cw) == before
+    assert cw.runner.position_of("audit") == cw.registry.max_position()
+
+
+def test_a_helper_that_cannot_start_leaves_its_read_models_to_this_process(
+    cw: Certwarden,
+) -> None:
+    before = read_models(cw)
+
+    class Broken:
+        names = ("audit",)
+
+        def start(self, names: Sequence[str]) -> HelperRun:
+            raise OSError("no more processes")
+
+    cw.runner.helpers = Broken()
+    cw.runner.rebuild()
+    assert read_models(cw) == before
+    assert cw.runner.position_of("audit") == cw.registry.max_position()
