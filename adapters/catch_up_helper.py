@@ -71,14 +71,14 @@ class HelperProcess:
                 code = self.process.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 if stop is not None and stop.is_set():
-                    self._end()
+                    self.end()
                     return False
                 continue
             if code:
                 log.warning("catch-up helper %s exited with %s", self.process.pid, code)
             return code == 0
 
-    def _end(self) -> None:
+    def end(self) -> None:
         self.process.terminate()  # a transaction cut short rolls back; committed ones stay
         try:
             self.process.wait(timeout=STOP_GRACE_SECONDS)

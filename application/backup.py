@@ -19,7 +19,6 @@ import json
 import shutil
 import tempfile
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -187,12 +186,11 @@ class Backups:
         return state
 
     def _plain(self) -> Callable[[bytes], bytes]:
-        """plain_state, or one function call per event for this store's usual encoding (no
-        cipher; the library's ZlibCompressor or this project's codec) instead of three frames."""
+        """plain_state, or one function call per event for this store's usual encodings (no
+        cipher; this project's codec or the library's ZlibCompressor, both of which the codec's
+        plain_state reads) instead of three frames."""
         mapper = self.app.mapper
-        if mapper.cipher is None and type(mapper.compressor) is ZlibCompressor:
-            return zlib.decompress
-        if mapper.cipher is None and type(mapper.compressor) is SmallStatesPlain:
+        if mapper.cipher is None and type(mapper.compressor) in (SmallStatesPlain, ZlibCompressor):
             return plain_state
         return self.plain_state
 

@@ -161,15 +161,14 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Certwarden:
         db = SqliteViewDb(str(settings.views_path))
     else:
         db = SqliteViewDb(":memory:")
-    registry = Registry(env=settings.eventsourcing_env())
+    store_env = settings.eventsourcing_env()
+    registry = Registry(env=store_env)
     projections = read_models(registry)
     lookup_projection = _one(projections, LookupProjection)
     trust_anchors = _one(projections, TrustAnchorProjection)
     helpers = None
     if settings.store == "postgres" and settings.projection_helper:
-        helpers = ProcessHelpers(
-            settings.eventsourcing_env(), settings.postgres_conninfo(), settings.postgres_schema
-        )
+        helpers = ProcessHelpers(store_env, settings.postgres_conninfo(), settings.postgres_schema)
     runner = ProjectionRunner(
         registry,
         db,

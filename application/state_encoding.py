@@ -26,11 +26,16 @@ class SmallStatesPlain(Compressor):
     def compress(self, data: bytes) -> bytes:
         if len(data) < COMPRESS_FROM and data[:1] == b"{":
             return data
-        packer = zlib.compressobj(6, zlib.DEFLATED, 12, 4)
-        return packer.compress(data) + packer.flush()
+        return deflate(data)
 
     def decompress(self, data: bytes) -> bytes:
         return plain_state(data)
+
+
+def deflate(data: bytes) -> bytes:
+    """zlib with a 4 KiB window (see above); zlib.decompress reads it like any zlib stream."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 12, 4)
+    return packer.compress(data) + packer.flush()
 
 
 def plain_state(data: bytes) -> bytes:

@@ -33,14 +33,16 @@ SAVE_POSITION = (
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
 BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
 _AWAY = sys.maxsize  # "applied" position of a read model a helper process is filling
-_NOW = threading.Event()  # a stop signal that is already given
-_NOW.set()
 
 
 class HelperRun(Protocol):
     def wait(self, stop: threading.Event | None) -> bool:
         """Block until the helper ends; True if it caught its read models up to the end of
         the log without error. If `stop` is set meanwhile, end the helper and return False."""
+        ...
+
+    def end(self) -> None:
+        """End the helper now (what it committed stays) and wait until it has."""
         ...
 
 
@@ -106,14 +108,13 @@ class ProjectionRunner:
         )
         self.processed = 0
         self.error: BaseException | None = None
-        if setup:
-            self._setup()
-        else:  # a helper process: the tables are the parent's (and their indexes dropped)
-            for projection in self.projections:
-                projection.prepare()
-            self._reload()
+        if setup:  # not in a helper process: the tables are the parent's (indexes dropped)
+            self._create_schema()
+        for projection in self.projections:
+            projection.prepare()
+        self._reload()
 
-    def _setup(self) -> None:
+    def _create_schema(self) -> None:
         """Create tables; a projection whose schema version changed is dropped and rebuilt."""
         with self.db.transaction() as tx:
             tx.execute(TRACKING)
@@ -135,9 +136,6 @@ class ProjectionRunner:
                     " ON CONFLICT (name) DO UPDATE SET version = excluded.version",
                     (projection.name, projection.version),
                 )
-        for projection in self.projections:
-            projection.prepare()
-        self._reload()
 
     def _reload(self, names: Sequence[str] | None = None) -> None:
         """Positions and in-memory state from the tables (all read models, or the named)."""
@@ -303,7 +301,7 @@ class ProjectionRunner:
             return total
         finally:
             if not ended:  # this catch-up failed: end the helper before taking them back
-                run.wait(_NOW)
+                run.end()
             self._away.difference_update(names)
             self._reload(names)
 
