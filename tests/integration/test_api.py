@@ -305,7 +305,7 @@ def test_keys_are_listed_without_secrets_and_a_revoked_key_stops_working(
     users = client.get(f"/api/v1/orgs/{org}/users", headers=auth(key)).json()["items"]
     keys = client.get(f"/api/v1/orgs/{org}/keys", headers=auth(key)).json()["items"]
     assert [u["name"] for u in users] == ["alice"] and len(keys) == 1
-    assert key.split("_")[2] not in str(keys)
+    assert key.split("_", 2)[2] not in str(keys)  # the secret may contain "_" itself
     assert (
         client.delete(
             f"/api/v1/orgs/{org}/keys/{keys[0]['key_id']}", headers=auth(root_key)
