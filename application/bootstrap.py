@@ -21,7 +21,8 @@ from application.registry import Registry
 from application.side_effects import Background
 from domain.meta import Actor
 from domain.notification import NotificationKind, Severity
-from projections.audit import AuditProjection, AuditView
+from projections.audit import SHARES as AUDIT_SHARES
+from projections.audit import AuditProjection, AuditSplit, AuditView
 from projections.base import ViewProjection
 from projections.catalogue import CatalogueProjection
 from projections.catalogue_view import CatalogueView
@@ -135,10 +136,11 @@ def ensure_postgres(settings: Settings) -> None:
 
 def read_models(registry: Registry) -> list[ViewProjection]:
     """Every read model, fresh (the main process's runner, or a catch-up helper's)."""
+    split = AuditSplit()  # one per process, shared by the audit trail's two shares
     return [
         LookupProjection(),
         CatalogueProjection(),
-        AuditProjection(state_at=registry.state_at),
+        *(AuditProjection(share, split, registry.state_at) for share in AUDIT_SHARES),
         ComponentsProjection(),
         TrustAnchorProjection(),
         PrincipalsProjection(),

@@ -6,15 +6,24 @@ Last-known fields are cached in memory (least recently used out first); an entit
 cache, after a restart say, is read back once from the event store as it was just before the
 event (`state_at`). A rebuild from zero reads nothing back (every entity starts with its creation
 event) unless more entities than the cache holds are touched between two of their events.
+
+The trail is TWO read models over the one table, "audit" and "audit.b", each holding the rows
+of its own share of the entities (by a bucket of the entity id, see AuditSplit) with its own
+tracking position. Rows never depend on another entity's events, so the shares are independent,
+and filling the trail from zero can be split between two processes (projections/runner.py: a
+helper takes "audit" while the main process, which decodes every event for its other read
+models anyway, takes "audit.b"). They are one unit everywhere else: reset and rebuilt together
+(`group`), one schema, one version.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import orjson
 from eventsourcing.domain import CanInitAggregate
@@ -35,6 +44,58 @@ KEY_FIELD |= {"ApiKey": "label"}
 EVENT_ONLY = {"originator_id", "originator_version", "originator_topic", "timestamp"}
 _ABSENT = object()
 CACHE_LIMIT = 50_000  # entities whose last-known fields are kept in memory
+BUCKETS = 62  # an entity's bucket: the low 32 bits of its id, mod BUCKETS (SQL says the same)
+NEAR_SHARE = 0.26  # of the events, for the main process when a helper fills the rest (see below)
+DEFAULT_NEAR = (1 << 16) - 1  # buckets 0-15 (~26% of the entities) until a split is measured
+SPLIT = "CREATE TABLE IF NOT EXISTS audit_split (id INTEGER PRIMARY KEY, near BIGINT NOT NULL)"
+SAVE_SPLIT = (
+    "INSERT INTO audit_split (id, near) VALUES (1, ?)"
+    " ON CONFLICT (id) DO UPDATE SET near = excluded.near"
+)
+
+
+def bucket(entity_id: UUID) -> int:
+    return (entity_id.int & 0xFFFFFFFF) % BUCKETS
+
+
+class AuditSplit:
+    """Which buckets of entities are "audit.b"'s (a bit mask; the rest are "audit"'s).
+
+    Stored in one row of audit_split, read by both processes, and changed only while the trail
+    is empty (a row's share must never move): when it is filled from zero beside a helper, the
+    buckets are re-dealt from the event log's own count of events per bucket so that the main
+    process gets about NEAR_SHARE of them - measured at 1M events, what it needs beside its
+    other read models to finish with the helper. A fleet's thousands of entities split well
+    by any mask; a history of a few busy entities needs the count.
+    """
+
+    def __init__(self) -> None:
+        self.near = DEFAULT_NEAR
+
+    def load(self, db: ViewDb) -> None:
+        rows = db.query("SELECT near FROM audit_split WHERE id = 1")
+        self.near = int(rows[0][0]) if rows else DEFAULT_NEAR
+
+    def deal(self, tx: Tx, per_bucket: Sequence[int]) -> None:
+        if tx.execute("SELECT 1 FROM audit_trail LIMIT 1"):
+            return  # rows say whose they are: never re-split a trail that has any
+        target = sum(per_bucket) * NEAR_SHARE
+        near, taken = 0, 0
+        for b in sorted(range(BUCKETS), key=lambda b: -per_bucket[b]):
+            if per_bucket[b] and abs(taken + per_bucket[b] - target) < abs(taken - target):
+                near, taken = near | (1 << b), taken + per_bucket[b]
+        tx.execute(SAVE_SPLIT, (near,))  # this process reads it back once it is committed
+        log.info("audit trail split: %d of %d events to the main process", taken, sum(per_bucket))
+
+
+@dataclass(frozen=True)
+class AuditShare:
+    name: str  # the read model's name (its tracking row)
+    near: bool  # the buckets in AuditSplit.near, or the others
+
+
+SHARES = (AuditShare("audit", near=False), AuditShare("audit.b", near=True))
+
 
 StateAt = Callable[[str, int], dict[str, Any] | None]
 """(entity id, version) -> the aggregate's attributes at that version, None if unknown."""
@@ -87,11 +148,16 @@ class AuditProjection(ViewProjection):
     then recorded as the changes (before unknown), so one odd event cannot stop the read models.
     """
 
-    name = "audit"
+    group = "audit"
     tables = ("audit_trail",)
-    version = 2  # 2: last-known fields come from the event store, audit_entities is gone
+    version = 3  # 2: last-known fields from the event store; 3: two shares of the entities
 
-    def __init__(self, state_at: StateAt | None = None) -> None:
+    def __init__(
+        self, share: AuditShare, split: AuditSplit, state_at: StateAt | None = None
+    ) -> None:
+        self.name = share.name
+        self.near = share.near
+        self.split = split
         self._rows: list[tuple[Any, ...]] = []
         self._cache: dict[str, _Entity] = {}
         self._state_at = state_at
@@ -100,8 +166,8 @@ class AuditProjection(ViewProjection):
     def schema(self) -> list[str]:
         return [
             "CREATE TABLE IF NOT EXISTS audit_trail ("
-            " position BIGINT PRIMARY KEY, occurred_at TEXT NOT NULL, org_uid TEXT,"
-            " entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, entity_key TEXT,"
+            " position BIGINT PRIMARY KEY, occurred_at CTEXT NOT NULL, org_uid CTEXT,"
+            " entity_type CTEXT NOT NULL, entity_id CTEXT NOT NULL, entity_key CTEXT,"
             " entity_version INTEGER NOT NULL, event_type TEXT NOT NULL, actor_kind TEXT,"
             " actor TEXT, actor_owner TEXT, request_id TEXT, source_ip TEXT,"
             " changes TEXT NOT NULL)",
@@ -110,10 +176,11 @@ class AuditProjection(ViewProjection):
             "CREATE INDEX IF NOT EXISTS audit_trail_key"
             " ON audit_trail (org_uid, entity_type, entity_key, position)",
             "CREATE INDEX IF NOT EXISTS audit_trail_time ON audit_trail (org_uid, occurred_at)",
+            SPLIT,
             "DROP TABLE IF EXISTS audit_entities",
             # The first audit read model (audit_log, no before -> after) is replaced: replay
             # the whole log into the new tables once, then drop the old one.
-            "DELETE FROM projection_tracking WHERE name = 'audit'"
+            "DELETE FROM projection_tracking WHERE name IN ('audit', 'audit.b')"
             " AND NOT EXISTS (SELECT 1 FROM audit_trail)",
             "DROP TABLE IF EXISTS audit_log",
         ]
@@ -122,6 +189,7 @@ class AuditProjection(ViewProjection):
         return {}
 
     def load(self, db: ViewDb) -> None:
+        self.split.load(db)
         self._rows.clear()
         self._cache.clear()
 
@@ -130,12 +198,22 @@ class AuditProjection(ViewProjection):
         self._rows.clear()
         self._cache.clear()
 
+    def wants(self, entity_id: UUID) -> bool:
+        return bool(self.split.near >> bucket(entity_id) & 1) is self.near
+
+    def split_for_helper(self, tx: Tx, per_bucket: Callable[[int], Sequence[int] | None]) -> None:
+        counts = per_bucket(BUCKETS)
+        if counts is not None:
+            self.split.deal(tx, counts)
+
     # -- applying events ------------------------------------------------------------
     def handler_for(self, event_class: type[Any]) -> Handler | None:
         skipped = event_class.__qualname__.partition(".")[0] in SKIPPED_TYPES
         return None if skipped else self.apply
 
     def apply(self, event: Any, position: int) -> None:
+        if bool(self.split.near >> bucket(event.originator_id) & 1) is not self.near:
+            return
         names = _NAMES.get(type(event))
         if names is None:
             entity_part, _, event_part = event_name(event).partition(".")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+from uuid import UUID
 
 from projections.db import Tx, ViewDb
 
@@ -23,6 +24,7 @@ class ViewProjection:
     """
 
     name: str = ""
+    group: str = ""  # read models that share tables are reset and rebuilt together
     tables: tuple[str, ...] = ()
     version: int = 1  # bump when the tables change shape: the runner rebuilds the read model
     live_indexes: tuple[str, ...] = ()  # read while catching up: kept during bulk loads
@@ -40,6 +42,16 @@ class ViewProjection:
         handler = self._handlers.get(event_name(event))
         if handler is not None:
             handler(event, position)
+
+    def wants(self, entity_id: UUID) -> bool:
+        """Whether events of this entity can matter here at all. A runner whose read models
+        all override this asks it before decoding an event (see AuditProjection's shares)."""
+        return True
+
+    def split_for_helper(self, tx: Tx, per_bucket: Callable[[int], Sequence[int] | None]) -> None:
+        """Filling from zero beside a helper process (tables empty): a read model kept in
+        shares of entities may re-deal them. `per_bucket(n)` counts the log's events per
+        entity bucket (low 32 bits of the id mod n), or None if the store cannot say."""
 
     def handler_for(self, event_class: type[Any]) -> Handler | None:
         """What `apply` calls for events of this class (None: they are ignored)."""

@@ -1,7 +1,9 @@
 """View database: one tiny interface over SQLite (embedded, in-memory) and PostgreSQL.
 
 SQL is written once with '?' placeholders and portable types; the PostgreSQL flavour
-rewrites placeholders. Every projection batch is one transaction (rows + tracking).
+rewrites placeholders. One type of our own: CTEXT, text compared byte by byte (identifiers,
+keys, ISO timestamps) - SQLite's TEXT already is; on PostgreSQL it becomes TEXT COLLATE "C", so
+its indexes sort with memcmp instead of the database's locale. Every projection batch is one transaction (rows + tracking).
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ class SqliteViewDb:
 
 
 def _pg(sql: str) -> str:
+    if "CTEXT" in sql:  # see the module's docstring
+        sql = sql.replace(" CTEXT", ' TEXT COLLATE "C"')
     return sql.replace("?", "%s")
 
 

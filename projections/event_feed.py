@@ -53,3 +53,33 @@ def feed_for(recorder: Any) -> Fetch:
             return found
 
     return fetch
+
+
+def bucket_counts_for(recorder: Any) -> Callable[[int], list[int] | None]:
+    """Events in the log per entity bucket (the low 32 bits of the id, mod n): one GROUP BY
+    on PostgreSQL (about a second per 1M events here); None elsewhere."""
+    datastore = getattr(recorder, "datastore", None)
+    if (
+        datastore is None
+        or not hasattr(datastore, "schema")
+        or "postgres" not in type(recorder).__module__
+    ):
+        return lambda n: None
+    from psycopg.sql import SQL, Identifier
+
+    statement = SQL(
+        "SELECT (('x' || right(originator_id::text, 8))::bit(32)::bigint %% %s)::int AS b,"
+        " count(*) FROM {}.{} GROUP BY b"
+    ).format(Identifier(datastore.schema), Identifier(recorder.events_table_name))
+
+    def count(n: int) -> list[int] | None:
+        counts = [0] * n
+        from psycopg.rows import tuple_row
+
+        with datastore.get_connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            for b, events in cursor.execute(statement, (n,)).fetchall():
+                counts[b] = events
+        return counts
+
+    return count

@@ -12,6 +12,8 @@ import pytest
 from adapters.catch_up_helper import ProcessHelpers
 from application.bootstrap import Certwarden, bootstrap
 from domain.meta import Actor
+from projections.audit import BUCKETS
+from projections.event_feed import bucket_counts_for
 from projections.runner import HelperRun
 from tests import factories as f
 from tests.conftest import drop_schema, index_names, make_settings
@@ -71,8 +73,32 @@ def test_a_rebuild_hands_the_audit_trail_to_a_helper_and_gets_the_same_rows(
     cw.runner.rebuild()
     assert helpers.started == [["audit"]]
     assert read_models(cw) == before
-    assert cw.runner.position_of("audit") == cw.registry.max_position()
+    head = cw.registry.max_position()
+    assert cw.runner.position_of("audit") == cw.runner.position_of("audit.b") == head
     assert AUDIT_INDEXES <= index_names(cw)
+
+
+def test_before_a_helper_starts_the_audit_trail_is_dealt_by_the_log_s_own_counts(
+    cw: Certwarden,
+) -> None:
+    cw.runner.rebuild(["audit"])  # both shares: one table
+    (near,) = cw.db.query("SELECT near FROM audit_split WHERE id = 1")[0]
+    counts = bucket_counts_for(cw.registry.recorder)(BUCKETS)
+    assert counts is not None and sum(counts) == cw.registry.max_position()
+    dealt = sum(n for b, n in enumerate(counts) if int(near) >> b & 1)
+    assert 0 < dealt < sum(counts)
+    rows = cw.db.query("SELECT entity_id FROM audit_trail")
+    assert rows and cw.runner.position_of("audit.b") == cw.registry.max_position()
+
+
+def test_audit_trail_keys_compare_byte_by_byte_on_postgres(cw: Certwarden) -> None:
+    collations = dict(
+        cw.db.query(
+            "SELECT column_name, collation_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'audit_trail'"
+        )
+    )
+    assert {collations[c] for c in ("org_uid", "entity_id", "entity_key", "occurred_at")} == {"C"}
 
 
 def test_a_helper_that_fails_leaves_its_read_models_to_this_process(cw: Certwarden) -> None:
