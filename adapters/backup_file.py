@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.text import Text
 
 from adapters.bulk_events import bulk_store_for
+from adapters.chain_helper import ProcessChains
 from adapters.settings import Settings
 from application.backup import Backups, Summary
 from application.restore import Restorer
@@ -44,7 +45,8 @@ console = Console(stderr=True)
 
 def services(cw: Certwarden) -> tuple[Backups, Restorer]:
     """Backup and restore services over this container's event store."""
-    backups = Backups(cw.registry, bulk_store_for(cw.registry.recorder))
+    chains = ProcessChains() if cw.settings.backup_helper else None
+    backups = Backups(cw.registry, bulk_store_for(cw.registry.recorder), chains=chains)
     return backups, Restorer(backups)
 
 

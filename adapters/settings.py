@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_restore_bytes: int = Field(default=16 << 30, ge=1024)  # POST /api/v1/restore (to disk)
     projection_poll_seconds: float = 0.2
+    backup_helper: bool = Field(
+        default=True,
+        description="hash-chain and gzip a backup's lines in a helper process beside the one"
+        " reading the event log (the same file, ~1.6x the events/s on two cores)",
+    )
     projection_helper: bool = Field(
         default=True,
         description="PostgreSQL: fill the audit trail in a helper process when every read model"

@@ -37,9 +37,9 @@ from application.backup_format import (
     GZIP_LEVEL,
     ChainWriter,
     Event,
+    LocalChainRun,
     Manifest,
-    chain_end,
-    compress_into,
+    genesis,
     gzip_member,
     read_ahead,
 )
@@ -49,6 +49,30 @@ from domain.organization import org_uuid
 from domain.reservation import Reservation
 
 RESERVATION = get_topic(Reservation) + "."
+
+
+class ChainRun(Protocol):
+    def feed(self, templates: bytes) -> None:
+        """Chain these event-line templates (ChainWriter.templates) and gzip them to the sink."""
+        ...
+
+    def finish(self) -> tuple[int, str]:
+        """Write the trailer and close the gzip member; returns (event lines, last hash)."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Chains(Protocol):
+    """Where a backup's hash chain and gzip run: this process (LocalChains), or a helper
+    process beside it (the wiring decides; the file is the same byte for byte)."""
+
+    def start(self, prev: str, level: int, sink: BinaryIO) -> ChainRun: ...
+
+
+class LocalChains:
+    def start(self, prev: str, level: int, sink: BinaryIO) -> ChainRun:
+        return LocalChainRun(prev, level, sink)
 
 
 class Progress(Protocol):
@@ -171,11 +195,16 @@ class Backups:
     """Backup and restore of event history (restore lives in application/restore.py)."""
 
     def __init__(
-        self, app: RegistryBase, store: EventStoreBulk, gzip_level: int = GZIP_LEVEL
+        self,
+        app: RegistryBase,
+        store: EventStoreBulk,
+        gzip_level: int = GZIP_LEVEL,
+        chains: Chains | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.gzip_level = gzip_level  # see backup_format.GZIP_LEVEL
+        self.chains = chains or LocalChains()
 
     def plain_state(self, state: bytes) -> bytes:
         """Stored bytes -> the transcoder's JSON (undo this store's cipher and compression)."""
@@ -210,9 +239,10 @@ class Backups:
         Consistent as of the log head when it starts (later events are left out). Raises
         NotFound for an unknown organization (before writing anything).
 
-        Three stages overlap on two threads besides this one: the next pages are read while
-        this one turns a page into chained lines, and the previous chunk is gzip'd meanwhile
-        (deflate and the database wait release the GIL).
+        Stages overlap: the next pages are read on a thread (the database wait releases the
+        GIL) while this one selects a page's events and turns them into line templates, and
+        `chains` hashes them into lines and gzips them - in a helper process when the wiring
+        gives one, so the sequential SHA-256 chain runs on the other core.
         """
         progress = progress or NoProgress()
         started = time.perf_counter()
@@ -220,20 +250,27 @@ class Backups:
         head = self.app.max_position()
         selector = _OrgSelector(self.app, org_uid) if org_uid else None
         backup_id = str(uuid4())
-        chain = ChainWriter(backup_id)
+        lines = ChainWriter(backup_id)  # templates here; the chain where `chains` runs it
         edges: dict[str, tuple[int, bytes]] = {}
         progress.phase("backup", head)
         with tempfile.TemporaryFile(prefix="certwarden-backup-") as spool:
-            pages = read_ahead(self._plain_pages(self.store.pages(0, head)))
-            chunks = (chain.page(self._included(rows, selector, edges, progress)) for rows in pages)
-            compress_into(spool, chain_end(chunks, chain), self.gzip_level)
+            run = self.chains.start(genesis(backup_id), self.gzip_level, spool)
+            try:
+                for rows in read_ahead(self._plain_pages(self.store.pages(0, head))):
+                    run.feed(lines.templates(self._included(rows, selector, edges, progress)))
+                count, last_hash = run.finish()
+            except BaseException:
+                run.abort()
+                raise
+            if count != lines.templated:
+                raise RuntimeError(f"backup chain wrote {count} of {lines.templated} lines")
             first, last = edges.get("first"), edges.get("last")
             manifest = Manifest(
                 backup_id=backup_id,
                 scope="organization" if org_uid else "system",
                 org_uid=org_uid,
                 org_name=org_name,
-                event_count=chain.count,
+                event_count=count,
                 first_position=first[0] if first else None,
                 last_position=last[0] if last else None,
                 first_time=timestamp_text(first[1]) if first else None,
@@ -241,7 +278,7 @@ class Backups:
                 source_position=head,
                 created_at=datetime.now().astimezone().isoformat(),
                 certwarden_version=certwarden_version(),
-                last_hash=chain.prev,
+                last_hash=last_hash,
             )
             for chunk in gzip_member(iter([manifest.line()])):
                 sink.write(chunk)

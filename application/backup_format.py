@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 MAX_LINE = 4 << 20  # 4 MiB: a certificate event is ~3 KiB; anything this big is not ours
 _HASH_TAIL = len(b',"hash":"') + 64 + len(b'"}')
 EVENT_KEYS = frozenset({"id", "pos", "prev", "s", "t", "v", "hash"})
-Event = tuple[int, str, int, str, bytes, str | None]  # what ChainWriter.page() takes
+Event = tuple[int, str, int, str, bytes, str | None]  # what ChainWriter.templates() takes
 T = TypeVar("T")
 
 
@@ -140,25 +140,30 @@ class RawEvent:
 
 
 class ChainWriter:
-    """Builds event lines and the trailer, chained from the backup's genesis hash."""
+    """Builds event lines and the trailer, chained from the backup's genesis hash.
 
-    def __init__(self, backup_id: str) -> None:
-        self.prev = genesis(backup_id)
-        self.count = 0
+    In two halves that can run in two processes: `templates` (whatever does not depend on the
+    chain: an event line's bytes before its "prev" and after it, each followed by a newline,
+    which a JSON line never holds raw) and `chain` (the hashes, in order, into the lines).
+    """
+
+    def __init__(self, backup_id: str = "", prev: str | None = None) -> None:
+        self.prev = genesis(backup_id) if prev is None else prev
+        self.count = 0  # lines chained
+        self.templated = 0
         self._ids: dict[str, bytes] = {}  # aggregates repeat: encode each id's prefix once
         self._topics: dict[str, bytes] = {}
 
     def page(self, events: Iterable[Event]) -> bytes:
-        """The lines of a run of events, in order, as one chunk.
+        """The lines of a run of events, in order, as one chunk."""
+        return self.chain(self.templates(events))
 
-        Each event is (position, aggregate id as canonical text, version, topic, state JSON,
-        shared key or None). The hot loop of a backup: one SHA-256 and a few joins per line.
-        """
-        sha256, ids, topics = hashlib.sha256, self._ids, self._topics
-        prev = self.prev.encode()
+    def templates(self, events: Iterable[Event]) -> bytes:
+        """Each event is (position, aggregate id as canonical text, version, topic, state JSON,
+        shared key or None)."""
+        ids, topics = self._ids, self._topics
         out: list[bytes] = []
         append = out.append
-        count = 0
         for position, oid, version, topic, state, shared in events:
             ident = ids.get(oid)
             if ident is None:
@@ -170,29 +175,27 @@ class ChainWriter:
                 tail = topics[topic] = b',"t":' + json.dumps(topic).encode() + b',"v":'
             if shared is not None:
                 tail = b',"shared":' + json.dumps(shared, ensure_ascii=False).encode() + tail
-            head = b"".join(
-                (
-                    ident,
-                    b"%d" % position,
-                    b',"prev":"',
-                    prev,
-                    b'","s":',
-                    state,
-                    tail,
-                    b"%d" % version,
-                )
-            )
-            digest = sha256(prev)
-            digest.update(head)
-            digest.update(b"}")  # the body is head + "}"; the line puts the hash before that brace
-            prev = digest.hexdigest().encode()
-            append(head)
-            append(b',"hash":"')
-            append(prev)
-            append(b'"}\n')
-            count += 1
+            if b"\n" in state:
+                raise ValueError(f"the state of event {position} holds a raw newline")
+            append(b'%s%d,"prev":"\n","s":%s%s%d\n' % (ident, position, state, tail, version))
+        self.templated += len(out)
+        return b"".join(out)
+
+    def chain(self, templates: bytes) -> bytes:
+        """The hot loop of a backup: one SHA-256 and two joins per line."""
+        parts = templates.split(b"\n")
+        sha256 = hashlib.sha256
+        prev = self.prev.encode()
+        out: list[bytes] = []
+        append = out.append
+        for i in range(0, len(parts) - 1, 2):
+            head = b"%s%s%s" % (parts[i], prev, parts[i + 1])
+            # chained: SHA-256 of prev + body, the body being head + "}" (the line puts its
+            # hash before that brace)
+            prev = sha256(b"%s%s}" % (prev, head)).hexdigest().encode()
+            append(b'%s,"hash":"%s"}\n' % (head, prev))
         self.prev = prev.decode()
-        self.count += count
+        self.count += len(out)
         return b"".join(out)
 
     def trailer(self) -> bytes:
@@ -222,26 +225,25 @@ def gzip_member(lines: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[byt
     yield packer.compress(b"".join(buffer)) + packer.flush()
 
 
-def chain_end(chunks: Iterator[bytes], chain: ChainWriter) -> Iterator[bytes]:
-    """The chunks, then the chain's trailer (built once every chunk was made)."""
-    yield from chunks
-    yield chain.trailer()
+class LocalChainRun:
+    """The chain and the gzip in this process (what a helper process runs, see adapters)."""
 
+    def __init__(self, prev: str, level: int, sink: BinaryIO) -> None:
+        self.writer = ChainWriter(prev=prev)
+        self.packer = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
+        self.sink = sink
 
-def compress_into(sink: BinaryIO, chunks: Iterator[bytes], level: int) -> None:
-    """Write chunks to sink as one gzip member, compressing each on a worker thread while
-    the next is made (deflate releases the GIL: it runs beside the Python that feeds it)."""
-    packer = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
-    with ThreadPoolExecutor(1, thread_name_prefix="backup-gzip") as worker:
-        pending: Future[bytes] | None = None
-        for chunk in chunks:
-            job = worker.submit(packer.compress, chunk)  # one worker: calls stay in order
-            if pending is not None:
-                sink.write(pending.result())
-            pending = job
-        if pending is not None:
-            sink.write(pending.result())
-    sink.write(packer.flush())
+    def feed(self, templates: bytes) -> None:
+        if out := self.packer.compress(self.writer.chain(templates)):
+            self.sink.write(out)
+
+    def finish(self) -> tuple[int, str]:
+        count = self.writer.count
+        self.sink.write(self.packer.compress(self.writer.trailer()) + self.packer.flush())
+        return count, self.writer.prev
+
+    def abort(self) -> None:
+        return None
 
 
 def read_ahead(source: Iterator[T], depth: int = 2) -> Iterator[T]:
