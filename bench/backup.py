@@ -6,7 +6,8 @@ Builds one store with two organizations (N events and N/10 events: a few certifi
 over and over - the events are minted through the domain once, then cloned as StoredEvents in
 big batches), copies the event table out and in with PostgreSQL COPY (binary) as the baseline,
 then backs up and restores each organization in a child process (restore = verify + write +
-read models caught up) and prints events/s, the ratio to COPY, and each child's peak memory.
+read models caught up) and prints events/s, the ratio to COPY (measured again right before
+each organization's pair), and each child's peak memory.
 Prints, never asserts. Needs PostgreSQL on 127.0.0.1:5432 (trust), database `test`.
 """
 
@@ -99,6 +100,8 @@ def raw_copy(schema: str, table: str) -> tuple[int, float, float]:
             copy.write(buffer.getvalue())
         conn.commit()
         back = time.perf_counter() - started
+        conn.execute(f'DROP TABLE "{schema}".copy_in')
+        conn.commit()
     return rows, rows / out, rows / back
 
 
@@ -189,10 +192,13 @@ def main() -> None:
         table = cw.registry.recorder.events_table_name
         cw.close()
         print(f"seeded {sum(sizes.values()):,} events in {time.perf_counter() - started:.0f} s")
-        rows, copy_out, copy_in = raw_copy(source_schema, table)
-        print(f"raw COPY TO   {copy_out:>10,.0f} rows/s   ({rows:,} rows, binary)")
-        print(f"raw COPY FROM {copy_in:>10,.0f} rows/s")
         for label in ("small", "big"):
+            # the baseline right before each pair: this machine's speed drifts over minutes
+            rows, copy_out, copy_in = raw_copy(source_schema, table)
+            print(
+                f"{label:>5} baseline: raw COPY TO {copy_out:,.0f} rows/s, COPY FROM"
+                f" {copy_in:,.0f} rows/s ({rows:,} rows, binary)"
+            )
             file = str(work / f"{label}.jsonl.gz")
             out = run_child(
                 "--child", "backup", "--schema", source_schema, "--org", orgs[label], "--file", file
