@@ -38,8 +38,6 @@ from domain.errors import InvalidInput
 FORMAT = "certwarden-backup"
 FORMAT_VERSION = 1
 MAX_LINE = 4 << 20  # 4 MiB: a certificate event is ~3 KiB; anything this big is not ours
-_HASH_TAIL = len(b',"hash":"') + 64 + len(b'"}')
-EVENT_KEYS = frozenset({"id", "pos", "prev", "s", "t", "v", "hash"})
 Event = tuple[int, str, int, str, bytes, str | None]  # what ChainWriter.templates() takes
 T = TypeVar("T")
 

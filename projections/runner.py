@@ -322,7 +322,10 @@ class ProjectionRunner:
         """Read models kept in shares (the audit trail) re-deal their entities before a helper
         takes one share: once per group, before the helper reads its split."""
         groups = {_group(p) for p in self.projections if p.name in names}
-        first = {_group(p): p for p in reversed(self.projections) if _group(p) in groups}
+        first: dict[str, ViewProjection] = {}  # one member per group deals for all of it
+        for projection in self.projections:
+            if _group(projection) in groups:
+                first.setdefault(_group(projection), projection)
         try:
             with self.db.transaction() as tx:
                 for projection in first.values():
