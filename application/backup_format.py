@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 from uuid import UUID
 
 from isal import isal_zlib
@@ -113,8 +113,7 @@ class Manifest:
         return manifest
 
 
-@dataclass(frozen=True, slots=True)
-class EventLine:
+class EventLine(NamedTuple):  # a tuple: made a million times a restore, 4x a dataclass's speed
     """One verified event line; `state` decoded by the reader's JSON decoder."""
 
     line: int
@@ -126,8 +125,7 @@ class EventLine:
     shared: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
+class RawEvent(NamedTuple):
     """An event line as replay() slices it: the state is the JSON bytes from the file."""
 
     line: int

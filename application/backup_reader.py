@@ -31,7 +31,7 @@ _GZIP_ERRORS: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], i
 _TAIL = len(b',"hash":"') + 64 + len(b'"}')
 _STATE_OFFSET = len(b',"prev":"') + 64 + len(b'","s":')
 _HEAD = re.compile(r'\{"id":"([0-9a-f-]{36})","pos":(0|[1-9][0-9]*),"prev":"([0-9a-f]{64})","s":')
-_STRING = r'"(?:[^"\\]|\\.)*"'
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string, unrolled: ~3x the speed of (?:a|b)*
 _END = re.compile(rf'(?:,"shared":({_STRING}))?,"t":({_STRING}),"v":([1-9][0-9]*)\}}')
 
 
