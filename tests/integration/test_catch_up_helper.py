@@ -3,6 +3,7 @@ read models come out exactly as a catch-up in one process makes them."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ import pytest
 from adapters.catch_up_helper import ProcessHelpers
 from application.bootstrap import Certwarden, bootstrap
 from domain.meta import Actor
-from projections.audit import BUCKETS
+from projections.audit import BUCKETS, SHARES, AuditProjection, AuditSplit
 from projections.event_feed import bucket_counts_for
-from projections.runner import HelperRun
+from projections.runner import HelperRun, ProjectionRunner
 from tests import factories as f
 from tests.conftest import drop_schema, index_names, make_settings
 
@@ -129,3 +130,38 @@ def test_a_helper_that_cannot_start_leaves_its_read_models_to_this_process(
     cw.runner.rebuild()
     assert read_models(cw) == before
     assert cw.runner.position_of("audit") == cw.registry.max_position()
+
+
+def test_a_helper_ended_midway_leaves_its_share_behind_and_this_process_catches_it_up(
+    cw: Certwarden,
+) -> None:
+    before = read_models(cw)
+
+    class EndedMidway:
+        """Fills its share three batches of ten far, commits them, and is gone."""
+
+        names = ("audit",)
+        committed = 0
+
+        def start(self, names: Sequence[str]) -> HelperRun:
+            share = AuditProjection(SHARES[0], AuditSplit(), cw.registry.state_at)
+            helper = ProjectionRunner(cw.registry, cw.db, [share], batch_size=10, setup=False)
+            for _ in range(3):
+                helper.run_once()
+            EndedMidway.committed = helper.position_of("audit")
+            helper.stop()
+            return Ended()
+
+    class Ended:
+        def wait(self, stop: threading.Event | None) -> bool:
+            return False
+
+        def end(self) -> None:
+            return None
+
+    cw.runner.helpers = EndedMidway()
+    cw.runner.rebuild()
+    assert 0 < EndedMidway.committed < cw.registry.max_position()
+    assert read_models(cw) == before
+    head = cw.registry.max_position()
+    assert cw.runner.position_of("audit") == cw.runner.position_of("audit.b") == head
