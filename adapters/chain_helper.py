@@ -104,8 +104,9 @@ class ProcessChainRun:
                     self.sink.write(data)
                 elif head[:1] == b"R":
                     self.result = json.loads(data)
-        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+        except BaseException as exc:  # noqa: BLE001 - reported by feed() / finish()
             self.error = exc
+            self.process.kill()  # else it blocks on a full stdout and feed() on its stdin
 
     def send(self, data: bytes) -> None:
         stdin = self.process.stdin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import uuid
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,15 @@ def test_a_state_with_a_raw_newline_cannot_be_templated() -> None:
     event = (1, str(uuid.uuid4()), 1, "domain.folder:Folder.Renamed", b'{"name":"a\nb"}', None)
     with pytest.raises(ValueError, match="raw newline"):
         ChainWriter("t").templates([event])
+
+
+def test_a_sink_that_fails_fails_the_backup_instead_of_hanging_it() -> None:
+    class Full(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+    run = ProcessChains().start(genesis("backup-4"), 0, Full())
+    with pytest.raises(ChainHelperError, match="No space left"):
+        for chunk in templates(60_000):
+            run.feed(chunk)
+        run.finish()
