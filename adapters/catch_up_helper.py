@@ -24,11 +24,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from adapters.child_process import spawn_module
+
 HELPED = ("audit",)
-ROOT = str(Path(__file__).resolve().parent.parent)  # so `-m adapters.catch_up_helper` imports
 STOP_GRACE_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,7 @@ class ProcessHelpers:
         self._spec = {"env": eventsourcing_env, "conninfo": conninfo, "schema": schema}
 
     def start(self, names: Sequence[str]) -> HelperProcess:
-        path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", __name__],
-            stdin=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
-        )
+        process = spawn_module(__name__, stdin=subprocess.PIPE)
         assert process.stdin is not None
         try:
             process.stdin.write(json.dumps({**self._spec, "names": list(names)}).encode())

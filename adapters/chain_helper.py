@@ -19,17 +19,15 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from adapters.child_process import spawn_module
 from application.backup_format import LocalChainRun
 
-ROOT = str(Path(__file__).resolve().parent.parent)  # so `-m adapters.chain_helper` imports
 LENGTH = struct.Struct("<I")
 ABORTED = 3
 
@@ -64,13 +62,7 @@ class ProcessChains:
     """The Backups' `Chains` port: one child process per backup."""
 
     def start(self, prev: str, level: int, sink: BinaryIO) -> ProcessChainRun:
-        path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", __name__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
-        )
+        process = spawn_module(__name__, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         _widen(process.stdin)
         _widen(process.stdout)
         run = ProcessChainRun(process, sink)

@@ -22,16 +22,15 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
+from adapters.child_process import spawn_module
 from adapters.mqtt_publisher import MqttTarget, PahoCommandPublisher
 from application.ports import PublishError
 
 log = logging.getLogger(__name__)
 
 Message = tuple[str, bytes, int, bool]
-ROOT = str(Path(__file__).resolve().parent.parent)  # so `-m adapters.mqtt_process` imports
 
 
 class ProcessCommandPublisher:
@@ -62,18 +61,17 @@ class ProcessCommandPublisher:
 
     # -- port -----------------------------------------------------------------
     def open(self) -> None:
-        # A plain child interpreter, not multiprocessing: fork is unsafe in a worker that
-        # runs threads, and spawn/forkserver re-run the parent's __main__ script in every
-        # child. This one imports paho and this module only (~0.15 s).
+        # A plain child interpreter (adapters/child_process.py); it imports paho and this
+        # module only (~0.15 s).
         inbox, outbox = os.pipe()
         reports, report_to = os.pipe()
-        path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
         try:
-            self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", __name__, str(inbox), str(report_to)],
+            self._process = spawn_module(
+                __name__,
+                str(inbox),
+                str(report_to),
                 pass_fds=(inbox, report_to),
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": path},
             )
         except OSError as exc:
             for fd in (outbox, reports):

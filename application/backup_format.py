@@ -150,10 +150,6 @@ class ChainWriter:
         self._ids: dict[str, bytes] = {}  # aggregates repeat: encode each id's prefix once
         self._topics: dict[str, bytes] = {}
 
-    def page(self, events: Iterable[Event]) -> bytes:
-        """The lines of a run of events, in order, as one chunk."""
-        return self.chain(self.templates(events))
-
     def templates(self, events: Iterable[Event]) -> bytes:
         """Each event is (position, aggregate id as canonical text, version, topic, state JSON,
         shared key or None)."""

@@ -212,7 +212,7 @@ class AuditProjection(ViewProjection):
         return None if skipped else self.apply
 
     def apply(self, event: Any, position: int) -> None:
-        if bool(self.split.near >> bucket(event.originator_id) & 1) is not self.near:
+        if not self.wants(event.originator_id):
             return
         names = _NAMES.get(type(event))
         if names is None:
