@@ -114,7 +114,8 @@ class Manifest:
 
 
 class EventLine(NamedTuple):  # a tuple: made a million times a restore, 4x a dataclass's speed
-    """One verified event line; `state` decoded by the reader's JSON decoder."""
+    """One verified event line; `state` decoded by the reader's JSON decoder, `state_json` the
+    state's JSON bytes exactly as in the file (what a restore stores)."""
 
     line: int
     position: int
@@ -123,16 +124,7 @@ class EventLine(NamedTuple):  # a tuple: made a million times a restore, 4x a da
     topic: str
     state: dict[str, Any]
     shared: str | None
-
-
-class RawEvent(NamedTuple):
-    """An event line as replay() slices it: the state is the JSON bytes from the file."""
-
-    line: int
-    originator_id: UUID
-    version: int
-    topic: str
-    state: bytes
+    state_json: bytes
 
 
 class ChainWriter:

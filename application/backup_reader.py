@@ -1,8 +1,8 @@
-"""Reading backup files (format: application/backup_format.py): verify everything, or re-read.
+"""Reading backup files (format: application/backup_format.py), verifying every line.
 
 Event lines must be in the writer's exact canonical layout, which read() checks byte for byte
-(prefix, the state as one JSON value, suffix); replay() can then slice states out of the bytes
-without parsing them, and what it slices is exactly what read() verified.
+(prefix, the state as one JSON value, suffix), so the state's bytes it hands on (what a restore
+stores) are exactly what it verified.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Container, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 from uuid import UUID
 
@@ -22,22 +22,19 @@ from application.backup_format import (
     BackupFormatError,
     EventLine,
     Manifest,
-    RawEvent,
     genesis,
 )
 
 # isal's stub declares `error` as an instance; it is an exception class (IsalError)
 _GZIP_ERRORS: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], isal_zlib.error))
 _TAIL = len(b',"hash":"') + 64 + len(b'"}')
-_STATE_OFFSET = len(b',"prev":"') + 64 + len(b'","s":')
 _HEAD = re.compile(r'\{"id":"([0-9a-f-]{36})","pos":(0|[1-9][0-9]*),"prev":"([0-9a-f]{64})","s":')
 _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string, unrolled: ~3x the speed of (?:a|b)*
 _END = re.compile(rf'(?:,"shared":({_STRING}))?,"t":({_STRING}),"v":([1-9][0-9]*)\}}')
 
 
-def _raw_lines(source: BinaryIO, seen: Any = None) -> Iterator[tuple[int, bytes]]:
+def _raw_lines(source: BinaryIO) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) from a gzip stream; raises BackupFormatError naming the line.
-    `seen` (a hashlib object) is updated with every byte read from source.
 
     Inflates 1 MiB reads and splits them (GzipFile.readline costs ~4 us a line in Python
     frames); concatenated gzip members are one stream, as gzip(1) reads them."""
@@ -46,8 +43,6 @@ def _raw_lines(source: BinaryIO, seen: Any = None) -> Iterator[tuple[int, bytes]
     unpacker: Any = None
     try:
         while packed := pending or source.read(1 << 20):
-            if not pending and seen is not None:
-                seen.update(packed)
             if unpacker is None:
                 packed = packed.lstrip(b"\0")  # zero padding between members, as gzip reads
                 if not packed:
@@ -95,7 +90,6 @@ class ChainReader:
         self._decoder = decoder or json.JSONDecoder()
         self.manifest: Manifest | None = None
         self.last_hash = ""
-        self.file_digest = ""  # SHA-256 of the file's bytes, once read() or replay() ends
         self._ids: dict[str, UUID] = {}  # aggregates repeat: parse each id once
         self._strings: dict[str, str] = {}  # topics and shared keys, as JSON -> text
 
@@ -112,8 +106,7 @@ class ChainReader:
         return manifest, start
 
     def read(self, source: BinaryIO) -> Iterator[Manifest | EventLine]:
-        seen = hashlib.sha256()
-        lines = _raw_lines(source, seen)
+        lines = _raw_lines(source)
         manifest, prev = self._manifest(lines)
         yield manifest
         count, trailer_seen, first_pos, last_pos = 0, False, None, 0
@@ -150,41 +143,6 @@ class ChainReader:
         if (count, prev, first_pos) != expected or (last_pos or None) != manifest.last_position:
             raise BackupFormatError(1, "the manifest does not match the events in the file")
         self.last_hash = prev
-        self.file_digest = seen.hexdigest()
-
-    def replay(self, source: BinaryIO, skip: Container[UUID] = ()) -> Iterator[RawEvent]:
-        """Second reading of a file read() fully verified: no JSON parsing, no line hashes,
-        just slicing. `file_digest` then equals read()'s only if no byte of the file changed
-        in between (the caller compares before committing). Events of aggregates in `skip`
-        are not yielded; they must include every aggregate with "shared" lines.
-        Raises BackupFormatError if the file no longer reads as a backup."""
-        seen = hashlib.sha256()
-        lines = _raw_lines(source, seen)
-        next(lines, None)  # the manifest
-        ids: dict[bytes, UUID] = {}
-        topics: dict[bytes, str] = {}
-        number = 1
-        try:
-            for number, raw in lines:
-                if not raw.startswith(b'{"id":"'):
-                    continue  # the trailer
-                oid = ids.get(raw[7:43])
-                if oid is None:
-                    if len(ids) > 50_000:
-                        ids.clear()
-                    oid = ids[raw[7:43]] = UUID(raw[7:43].decode())
-                if oid in skip:
-                    continue
-                t = raw.rindex(b',"t":')
-                v = raw.index(b',"v":', t)
-                topic = topics.get(raw[t + 5 : v])
-                if topic is None:
-                    topic = topics[raw[t + 5 : v]] = json.loads(raw[t + 5 : v])
-                start = raw.index(b',"prev":"', 43) + _STATE_OFFSET
-                yield RawEvent(number, oid, int(raw[v + 5 : -_TAIL - 1]), topic, raw[start:t])
-        except ValueError:
-            raise BackupFormatError(number, "the file changed since it was verified") from None
-        self.file_digest = seen.hexdigest()
 
     def _json(self, number: int, raw: bytes) -> dict[str, Any]:
         try:
@@ -219,7 +177,11 @@ class ChainReader:
             topic = self._string(tail.group(2))
         except ValueError:
             raise BackupFormatError(number, "invalid id, topic or shared key") from None
-        event = EventLine(number, int(head.group(2)), oid, int(tail.group(3)), topic, state, shared)
+        start = head.end()  # the head is ASCII: the same offset in bytes
+        state_json = body[start:end] if len(body) == len(text) else text[start:end].encode()
+        event = EventLine(
+            number, int(head.group(2)), oid, int(tail.group(3)), topic, state, shared, state_json
+        )
         return event, head.group(3)
 
     def _uuid(self, text: str) -> UUID:

@@ -1,16 +1,19 @@
 """Restore: replay a verified backup file into this store, all or nothing.
 
-Pass 1 reads the WHOLE file and verifies it (hash chain, trailer, manifest, known event types,
-event fields, each aggregate's versions contiguous from 1, every aggregate belonging to the
-file's organization), works out the cut (--until / --until-position) and checks the target:
-the file's aggregates must not exist here, and each cross-organization uniqueness claim the
-restored organization holds (device DNs) must be free here. Any defect or conflict refuses the
-restore with a report of every conflict; nothing is written. Pass 2 reads the file again and
-hands batches to the EventStoreBulk port, which inserts them in ONE transaction (events keep their
-ids, versions, topics and states - hence timestamps - and get new positions in file order).
-Shared claims are never copied verbatim (their version history interleaves other
-organizations'): restore writes a fresh claim (Reservation.Claimed, or Reclaimed on a released
-one) in the same transaction. Read models then catch up on the appended events.
+The file is read once, verified line by line (hash chain, known event types, event fields,
+each aggregate's versions contiguous from 1, every aggregate belonging to the file's
+organization), cut at --until / --until-position (a prefix), and each line to restore goes to
+the EventStoreBulk port as soon as it is verified: ONE transaction of the event store takes
+them (events keep their ids, versions, topics and states - hence timestamps - and get new
+positions in file order), with the store's writers held off (PostgreSQL: its table lock) from
+the first line on. Only after the last line - the trailer and the manifest's totals checked -
+is this store checked: the file's aggregates must not exist here, and each cross-organization
+uniqueness claim the restored organization holds (device DNs) must be free here. Any defect or
+conflict raises inside the transaction, which then rolls back: a refused restore, with a
+report of every conflict, leaves nothing written. Shared claims are never copied verbatim
+(their version history interleaves other organizations'): restore writes a fresh claim
+(Reservation.Claimed, or Reclaimed on a released one) last in the same transaction. Read models
+then catch up on the appended events. `verify` is the same reading without a transaction.
 """
 
 from __future__ import annotations
@@ -76,10 +79,10 @@ class Plan:
     cut_position: int | None = None
     cut_time: str | None = None
     last_hash: str = ""
-    file_digest: str = ""  # SHA-256 of the verified file's bytes: pass 2 must read the same
     owned: dict[UUID, tuple[str, int]] = field(default_factory=dict)  # id -> (aggregate, version)
     claims: dict[UUID, _Claim] = field(default_factory=dict)  # shared claims at the cut
     organizations: set[UUID] = field(default_factory=set)
+    claim_events: list[StoredEvent] = field(default_factory=list, repr=False)  # to write too
 
 
 class Restorer:
@@ -93,7 +96,7 @@ class Restorer:
         decoder = getattr(self.app.mapper.transcoder, "decoder", None)
         return ChainReader(decoder if isinstance(decoder, json.JSONDecoder) else None)
 
-    # -- pass 1 ---------------------------------------------------------------------
+    # -- verifying (and writing as it goes) ------------------------------------------
     @fewer_young_collections()
     def verify(
         self,
@@ -104,15 +107,39 @@ class Restorer:
     ) -> Plan:
         """Verify the whole file and check this store. Raises BackupFormatError (bad file),
         RestoreRefused (conflicts here, every one listed). Reads the file once; writes nothing."""
-        progress = progress or NoProgress()
+        plan, lines = self._verifying(source, until, until_position, progress or NoProgress())
+        for _ in lines:
+            pass
+        return plan
+
+    def _verifying(
+        self,
+        source: BinaryIO,
+        until: datetime | None,
+        until_position: int | None,
+        progress: Progress,
+    ) -> tuple[Plan, Iterator[EventLine]]:
+        """The plan (its manifest read and checked) and the lines to restore, each yielded
+        once it is verified; the plan is complete, and this store checked, only when the
+        lines are exhausted without an error."""
         reader = self._reader()
         records = reader.read(source)
         manifest = next(records)
         assert isinstance(manifest, Manifest)
         plan = Plan(manifest)
         progress.phase("verify", manifest.event_count)
-        cut = Cut(until, until_position)
-        bounded = until is not None or until_position is not None
+        return plan, self._verified(reader, records, plan, Cut(until, until_position), progress)
+
+    def _verified(
+        self,
+        reader: ChainReader,
+        records: Iterator[Manifest | EventLine],
+        plan: Plan,
+        cut: Cut,
+        progress: Progress,
+    ) -> Iterator[EventLine]:
+        manifest = plan.manifest
+        bounded = cut.until is not None or cut.until_position is not None
         versions: dict[UUID, tuple[str, int]] = {}
         shared: dict[UUID, str] = {}
         last_time: datetime | None = None
@@ -123,7 +150,7 @@ class Restorer:
             if plan.events_in_file % 1000 == 0:
                 progress.advance(1000)
             if bounded and not cut.admits(record, reservation):
-                continue
+                continue  # the cut is a prefix: nothing after it is restored
             plan.last_line, plan.cut_position = record.line, record.position
             last_time = record.state["timestamp"]
             if claim is None:
@@ -131,10 +158,11 @@ class Restorer:
                 plan.restored += 1
                 if record.version == 1 and versions[record.originator_id][0] == ORGANIZATION:
                     plan.organizations.add(record.originator_id)
+                yield record
             else:
                 self._track_claim(plan, record, claim)
         progress.advance(plan.events_in_file % 1000)
-        plan.last_hash, plan.file_digest = reader.last_hash, reader.file_digest
+        plan.last_hash = reader.last_hash
         plan.cut_time = last_time.isoformat() if last_time else None
         if manifest.scope == "organization" and not plan.organizations:
             raise InvalidInput(
@@ -142,8 +170,7 @@ class Restorer:
                 if plan.events_in_file
                 else "the backup holds no events"
             )
-        self._check_target(plan)
-        return plan
+        plan.claim_events = self._check_target(plan)
 
     def _check(
         self,
@@ -200,7 +227,8 @@ class Restorer:
         else:  # Released
             claim.owner = claim.org_uid = None
 
-    def _check_target(self, plan: Plan) -> None:
+    def _check_target(self, plan: Plan) -> list[StoredEvent]:
+        """Raises RestoreRefused listing every conflict; returns the claim events to write."""
         conflicts: list[str] = []
         existing = self.backups.store.existing(plan.owned)
         organizations = sorted(existing & plan.organizations, key=str)
@@ -211,9 +239,11 @@ class Restorer:
         for oid in [] if organizations else sorted(existing, key=str):
             aggregate = plan.owned[oid][0].rpartition(":")[2]
             conflicts.append(f"{aggregate} {oid} already exists in this store")
-        conflicts.extend(self._claims(plan)[1])
+        claims, held_elsewhere = self._claims(plan)
+        conflicts.extend(held_elsewhere)
         if conflicts:
             raise RestoreRefused(conflicts)
+        return claims
 
     def _claims(self, plan: Plan) -> tuple[list[StoredEvent], list[str]]:
         """The events that make this store hold the restored organization's shared claims
@@ -242,7 +272,7 @@ class Restorer:
                 conflicts.append(f"{what} {claim.owner} is already registered in {holder}")
         return [self.app.mapper.to_stored_event(event) for event in pending], conflicts
 
-    # -- pass 2 ---------------------------------------------------------------------
+    # -- restoring ------------------------------------------------------------------
     @fewer_young_collections()
     def restore(
         self,
@@ -251,21 +281,17 @@ class Restorer:
         until_position: int | None = None,
         progress: Progress | None = None,
     ) -> tuple[Plan, Summary]:
-        """Verify (pass 1), then write everything in one transaction (pass 2), then let read
-        models catch up. Raises BackupFormatError, RestoreRefused, or Conflict when a
-        concurrent writer took something in between (nothing written in every case)."""
+        """Verify the file and write it in ONE transaction of the event store, then let read
+        models catch up. Lines stream into the open transaction as they are verified (the
+        file is read once; PostgreSQL inserts on the other core meanwhile), and it commits
+        only once the whole file is verified and this store checked. Raises BackupFormatError,
+        RestoreRefused, or Conflict when a concurrent writer took something first: the
+        transaction is rolled back, nothing written, in every case."""
         progress = progress or NoProgress()
         started = time.perf_counter()
-        plan = self.verify(source, until, until_position, progress)
-        claims, conflicts = self._claims(plan)  # again: the store may have changed meanwhile
-        if conflicts:
-            raise RestoreRefused(conflicts)
-        source.seek(0)
-        progress.phase("write", plan.restored)
+        plan, lines = self._verifying(source, until, until_position, progress)
         try:
-            written = self.backups.store.insert_atomically(
-                self._batches(source, plan, claims, progress)
-            )
+            written = self.backups.store.insert_atomically(self._batches(plan, lines))
         except IntegrityError:
             raise Conflict(
                 "a concurrent change claimed something this restore needs; nothing was "
@@ -275,26 +301,17 @@ class Restorer:
         self.app.projections.wait(self.app.max_position(), timeout=SETTLE_SECONDS)
         return plan, Summary(written, time.perf_counter() - started)
 
-    def _batches(
-        self, source: BinaryIO, plan: Plan, claims: list[StoredEvent], progress: Progress
-    ) -> Iterator[Sequence[StoredEvent]]:
-        reader = self._reader()
+    def _batches(self, plan: Plan, lines: Iterator[EventLine]) -> Iterator[Sequence[StoredEvent]]:
+        """Batches of stored events as their lines are verified; the last one (with the shared
+        claims) only once every line is, so a bad file fails before the transaction ends."""
         compress = self._compressor()
         batch: list[StoredEvent] = []
-        for raw in reader.replay(source, skip=plan.claims):
-            if raw.line > plan.last_line:
-                continue  # read on: the file digest covers every byte
-            batch.append(
-                StoredEvent(raw.originator_id, raw.version, raw.topic, compress(raw.state))
-            )
+        for e in lines:
+            batch.append(StoredEvent(e.originator_id, e.version, e.topic, compress(e.state_json)))
             if len(batch) >= self.batch:
-                progress.advance(len(batch))
                 yield batch
                 batch = []
-        if reader.file_digest != plan.file_digest:
-            raise BackupFormatError(0, "the file changed between verification and writing")
-        progress.advance(len(batch))
-        yield [*batch, *claims]
+        yield [*batch, *plan.claim_events]
 
     def _compressor(self) -> Callable[[bytes], bytes]:
         """This store's state encoding for the file's JSON, as one call per event when there

@@ -396,12 +396,15 @@ class ProjectionRunner:
         at the end, several times cheaper than keeping them up to date row by row. Indexes a
         projection reads while catching up (`live_indexes`) stay. If the build fails, the
         next catch-up tries again; if the process dies, the schema brings them back."""
-        indexes = [
-            statement
-            for p in projections
-            for statement in p.schema()
-            if statement.startswith(_SECONDARY_INDEX) and statement.split()[5] not in p.live_indexes
-        ]
+        indexes = list(
+            dict.fromkeys(  # once each: read models sharing tables (audit) share indexes too
+                statement
+                for p in projections
+                for statement in p.schema()
+                if statement.startswith(_SECONDARY_INDEX)
+                and statement.split()[5] not in p.live_indexes
+            )
+        )
         with self.db.transaction() as tx:
             for statement in indexes:
                 tx.execute(f"DROP INDEX IF EXISTS {statement.split()[5]}")
@@ -415,7 +418,7 @@ class ProjectionRunner:
         """Each index in its own transaction; on PostgreSQL two at a time (two sessions, two
         cores: the audit trail's four indexes at 1M rows take ~11 s one after the other).
         An index that fails stays missing (logged); the next catch-up tries it again."""
-        missing, self._missing_indexes = self._missing_indexes, []
+        missing, self._missing_indexes = list(dict.fromkeys(self._missing_indexes)), []
         if not missing:
             return
         built = [False] * len(missing)

@@ -27,7 +27,7 @@ class TestBackupOnPostgres(test_backup.TestBackupInMemory):
         restorer.batch = 4
         restorer.restore(io.BytesIO(data))
         before = target.registry.max_position()
-        monkeypatch.setattr(restorer, "_check_target", lambda plan: None)  # let it reach COPY
+        monkeypatch.setattr(restorer, "_check_target", lambda plan: [])  # let it reach COPY
         with pytest.raises(Conflict):
             restorer.restore(io.BytesIO(data))
         assert target.registry.max_position() == before

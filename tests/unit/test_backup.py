@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -296,24 +297,44 @@ class TestBackupInMemory:
         assert target.registry.max_position() == before
         assert not backups.store.existing([org_uuid(made["org"])])
 
-    def test_a_claim_taken_between_verification_and_writing_writes_nothing(
-        self, cw: Certwarden, target: Certwarden, monkeypatch: pytest.MonkeyPatch
+    def test_a_device_dn_raced_while_a_restore_ends_is_held_by_one_organization(
+        self, cw: Certwarden, target: Certwarden, store: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Another organization imports the restored device's certificate right after the
+        restore checked this store. A store with a write transaction (SQLite, PostgreSQL)
+        holds that writer off until the restore commits, so the racer loses; the in-memory
+        store has none, so the restore's insert finds the claim taken and writes nothing."""
         made = populate(cw)
         restorer = services(target)[1]
-        verify = restorer.verify
+        check = restorer._check_target
+        racer: dict[str, Any] = {}
 
-        def verify_then_race(*args: Any, **kwargs: Any) -> Any:
-            plan = verify(*args, **kwargs)
-            racer = target.registry.create_organization("racer", ADMIN).uid
-            target.registry.import_certificates(racer, made["leaf"].pem, ADMIN)
-            return plan
+        def race() -> None:
+            try:
+                org = target.registry.create_organization("racer", ADMIN).uid
+                target.registry.import_certificates(org, made["leaf"].pem, ADMIN)
+                racer["won"] = True
+            except Conflict:
+                racer["won"] = False
 
-        monkeypatch.setattr(restorer, "verify", verify_then_race)
-        with pytest.raises(Conflict):
+        def check_then_race(plan: Any) -> Any:
+            claims = check(plan)
+            racer["thread"] = threading.Thread(target=race)
+            racer["thread"].start()
+            racer["thread"].join(timeout=1.0)  # no write transaction: it is done by now
+            return claims
+
+        monkeypatch.setattr(restorer, "_check_target", check_then_race)
+        try:
             restorer.restore(io.BytesIO(backup_of(cw, made["org"])))
-        with pytest.raises(NotFound):
-            target.registry.organization(made["org"])
+            restored = True
+        except Conflict:
+            restored = False
+        racer["thread"].join(timeout=30)
+        assert restored is (store != "memory") and racer["won"] is not restored
+        if not restored:
+            with pytest.raises(NotFound):
+                target.registry.organization(made["org"])
 
     def test_a_backup_of_an_unknown_organization_is_refused(self, cw: Certwarden) -> None:
         with pytest.raises(NotFound):

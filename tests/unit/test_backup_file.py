@@ -255,25 +255,54 @@ def test_progress_bars_show_on_a_terminal_and_stay_silent_otherwise() -> None:
     assert hidden.getvalue() == ""
 
 
-def test_a_file_edited_between_verification_and_writing_writes_nothing(
-    good: bytes, target: Certwarden, monkeypatch: pytest.MonkeyPatch
+class _Watch:
+    """Progress that looks at the target store from outside while the restore runs."""
+
+    def __init__(self, cw: Certwarden) -> None:
+        self.cw, self.seen_at_end_of_file = cw, -1
+
+    def phase(self, title: str, total: int | None) -> None:
+        return None
+
+    def advance(self, count: int) -> None:  # the last call: every line read and verified
+        self.seen_at_end_of_file = self.cw.registry.max_position()
+
+
+def test_verified_lines_are_in_the_transaction_before_the_end_but_visible_only_after(
+    good: bytes, target: Certwarden
+) -> None:
+    restorer = services(target)[1]
+    restorer.batch = 1  # every line goes to the event store as soon as it is verified
+    before, watch = target.registry.max_position(), _Watch(target)
+    plan, summary = restorer.restore(io.BytesIO(good), progress=watch)
+    assert watch.seen_at_end_of_file == before  # written, not committed: nobody sees it yet
+    assert target.registry.max_position() == before + summary.events > before + plan.restored // 2
+
+
+def test_a_bad_last_line_rolls_back_every_line_streamed_before_it(
+    good: bytes, target: Certwarden
 ) -> None:
     lines = unpack(good)
-    lines[5] = lines[5].replace(b'"name":"', b'"name":"x', 1)
-    edited = pack(lines)
+    lines[-2] = lines[-2].replace(b'"t":"', b'"t":"x', 1)  # the last event line
     restorer = services(target)[1]
-    verify = restorer.verify
-
-    def verify_then_edit(source: io.BytesIO, *args: Any, **kwargs: Any) -> Any:
-        plan = verify(source, *args, **kwargs)
-        source.seek(0)
-        source.write(edited)
-        source.truncate()
-        return plan
-
-    monkeypatch.setattr(restorer, "verify", verify_then_edit)
+    restorer.batch = 1
     before = target.registry.max_position()
     with pytest.raises(InvalidInput) as caught:
-        restorer.restore(io.BytesIO(good))
-    assert "changed" in caught.value.detail
+        restorer.restore(io.BytesIO(pack(lines)))
+    assert caught.value.extra["line"] == len(lines) - 1
     assert target.registry.max_position() == before
+    with pytest.raises(InvalidInput):  # and it restores cleanly afterwards
+        restorer.restore(io.BytesIO(pack(lines)))
+    restorer.restore(io.BytesIO(good))
+    assert target.registry.max_position() > before
+
+
+def test_a_conflict_found_after_the_last_line_rolls_back_everything_streamed(
+    good: bytes, cw: Certwarden
+) -> None:
+    restorer = services(cw)[1]  # the source store itself: its organization exists here
+    restorer.batch = 1
+    before = cw.registry.max_position()
+    with pytest.raises(RestoreRefused):
+        restorer.restore(io.BytesIO(good))
+    assert cw.registry.max_position() == before
