@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapters.child_process import spawn_module
@@ -42,13 +42,14 @@ class ProcessHelpers:
     def __init__(self, eventsourcing_env: dict[str, str], conninfo: str, schema: str) -> None:
         self._spec = {"env": eventsourcing_env, "conninfo": conninfo, "schema": schema}
 
-    def start(self, names: Sequence[str]) -> HelperProcess:
+    def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperProcess:
         process = spawn_module(__name__, stdin=subprocess.PIPE)
         assert process.stdin is not None
         try:
+            prepare()  # while the child imports; it reads nothing before its spec arrives
             process.stdin.write(json.dumps({**self._spec, "names": list(names)}).encode())
             process.stdin.close()
-        except OSError:
+        except BaseException:
             process.kill()
             process.wait()
             raise

