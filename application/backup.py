@@ -36,7 +36,6 @@ from application.allocation import fewer_young_collections
 from application.backup_format import (
     GZIP_LEVEL,
     ChainWriter,
-    Event,
     LocalChainRun,
     Manifest,
     genesis,
@@ -257,7 +256,7 @@ class Backups:
             run = self.chains.start(genesis(backup_id), self.gzip_level, spool)
             try:
                 for rows in read_ahead(self._plain_pages(self.store.pages(0, head))):
-                    run.feed(lines.templates(self._included(rows, selector, edges, progress)))
+                    run.feed(lines.templates(*self._included(rows, selector, edges, progress)))
                 count, last_hash = run.finish()
             except BaseException:
                 run.abort()
@@ -315,24 +314,27 @@ class Backups:
         selector: _OrgSelector | None,
         edges: dict[str, tuple[int, bytes]],
         progress: Progress,
-    ) -> Iterator[Event]:
-        """The page's events that belong in the backup, with their plain state (and the
-        shared key of a cross-organization claim); records the first and last included."""
-        members = selector.members if selector else None
-        last: tuple[int, bytes] | None = None
-        for position, oid, version, topic, plain in rows:  # states already plain
-            shared = None
-            if members is not None and oid not in members:
-                if version != 1 and not topic.startswith(RESERVATION):
-                    continue  # not a member, and only creation events can make one
-                assert selector is not None
-                include, shared = selector.pick(oid, version, topic, plain)
-                if not include:
-                    continue
-            if last is None and "first" not in edges:
-                edges["first"] = (position, plain)
-            last = position, plain
-            yield position, oid, version, topic, plain, shared
-        if last is not None:
-            edges["last"] = last
+    ) -> tuple[list[Row], dict[int, str]]:
+        """The page's events that belong in the backup, with their plain state, and the shared
+        keys of cross-organization claims by position; records the first and last included."""
+        kept: list[Row] = rows
+        shared: dict[int, str] = {}
+        if selector is not None:
+            members = selector.members
+            kept = []
+            for row in rows:  # states already plain
+                if row[1] not in members:
+                    position, oid, version, topic, plain = row
+                    if version != 1 and not topic.startswith(RESERVATION):
+                        continue  # not a member, and only creation events can make one
+                    include, key = selector.pick(oid, version, topic, plain)
+                    if not include:
+                        continue
+                    if key is not None:
+                        shared[position] = key
+                kept.append(row)
+        if kept:
+            edges.setdefault("first", (kept[0][0], kept[0][4]))
+            edges["last"] = (kept[-1][0], kept[-1][4])
         progress.advance(len(rows))
+        return kept, shared

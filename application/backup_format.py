@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any, BinaryIO, NamedTuple, TypeVar
@@ -38,7 +38,7 @@ from domain.errors import InvalidInput
 FORMAT = "certwarden-backup"
 FORMAT_VERSION = 1
 MAX_LINE = 4 << 20  # 4 MiB: a certificate event is ~3 KiB; anything this big is not ours
-Event = tuple[int, str, int, str, bytes, str | None]  # what ChainWriter.templates() takes
+Event = tuple[int, str, int, str, bytes]  # what ChainWriter.templates() takes (see there)
 T = TypeVar("T")
 
 
@@ -142,13 +142,13 @@ class ChainWriter:
         self._ids: dict[str, bytes] = {}  # aggregates repeat: encode each id's prefix once
         self._topics: dict[str, bytes] = {}
 
-    def templates(self, events: Iterable[Event]) -> bytes:
-        """Each event is (position, aggregate id as canonical text, version, topic, state JSON,
-        shared key or None)."""
+    def templates(self, events: Sequence[Event], shared: Mapping[int, str] | None = None) -> bytes:
+        """Each event is (position, aggregate id as canonical text, version, topic, state JSON);
+        `shared` maps the positions of cross-organization claims to their keys."""
         ids, topics = self._ids, self._topics
         out: list[bytes] = []
         append = out.append
-        for position, oid, version, topic, state, shared in events:
+        for position, oid, version, topic, state in events:
             ident = ids.get(oid)
             if ident is None:
                 if len(ids) > 50_000:
@@ -157,13 +157,17 @@ class ChainWriter:
             tail = topics.get(topic)
             if tail is None:
                 tail = topics[topic] = b',"t":' + json.dumps(topic).encode() + b',"v":'
-            if shared is not None:
-                tail = b',"shared":' + json.dumps(shared, ensure_ascii=False).encode() + tail
-            if b"\n" in state:
-                raise ValueError(f"the state of event {position} holds a raw newline")
+            if shared and position in shared:
+                key = json.dumps(shared[position], ensure_ascii=False).encode()
+                tail = b',"shared":' + key + tail
             append(b'%s%d,"prev":"\n","s":%s%s%d\n' % (ident, position, state, tail, version))
+        templates = b"".join(out)
+        if templates.count(b"\n") != 2 * len(out):  # one pass, not one scan per state
+            for position, _, _, _, state in events:
+                if b"\n" in state:
+                    raise ValueError(f"the state of event {position} holds a raw newline")
         self.templated += len(out)
-        return b"".join(out)
+        return templates
 
     def chain(self, templates: bytes) -> bytes:
         """The hot loop of a backup: one SHA-256 and two joins per line."""

@@ -17,7 +17,7 @@ def templates(count: int) -> list[bytes]:
     writer = ChainWriter("t")
     oid = str(uuid.uuid4())
     events = [
-        (n, oid, n, "domain.folder:Folder.Renamed", b'{"name":"n-%d"}' % n, None)
+        (n, oid, n, "domain.folder:Folder.Renamed", b'{"name":"n-%d"}' % n)
         for n in range(1, count + 1)
     ]
     return [writer.templates(events[k : k + 700]) for k in range(0, count, 700)]
@@ -56,7 +56,7 @@ def test_an_aborted_helper_is_gone() -> None:
 
 
 def test_a_state_with_a_raw_newline_cannot_be_templated() -> None:
-    event = (1, str(uuid.uuid4()), 1, "domain.folder:Folder.Renamed", b'{"name":"a\nb"}', None)
+    event = (1, str(uuid.uuid4()), 1, "domain.folder:Folder.Renamed", b'{"name":"a\nb"}')
     with pytest.raises(ValueError, match="raw newline"):
         ChainWriter("t").templates([event])
 
