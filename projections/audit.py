@@ -133,6 +133,7 @@ def _aggregate_class(event_cls: type[Any]) -> type[Any]:
 
 @dataclass(slots=True)
 class _Entity:
+    id_text: str
     org_uid: str | None
     entity_type: str
     key: str | None
@@ -159,7 +160,7 @@ class AuditProjection(ViewProjection):
         self.near = share.near
         self.split = split
         self._rows: list[tuple[Any, ...]] = []
-        self._cache: dict[str, _Entity] = {}
+        self._cache: dict[UUID, _Entity] = {}  # by aggregate id
         self._state_at = state_at
         self.lookups = 0  # entities read back from the event store (0 during a rebuild)
 
@@ -221,8 +222,9 @@ class AuditProjection(ViewProjection):
         entity_type, event_type = names
         if entity_type in SKIPPED_TYPES:
             return
-        entity_id = str(event.originator_id)
-        entity = self._entity(entity_id, entity_type, event.originator_version)
+        oid = event.originator_id
+        entity = self._entity(oid, entity_type, event.originator_version)
+        entity_id = entity.id_text if entity is not None else str(oid)
         fields = entity.fields if entity is not None else {}
         before = self._replay(event, fields)  # `fields` is now the state after the event
         if entity_type == "Organization":
@@ -232,9 +234,9 @@ class AuditProjection(ViewProjection):
             org_uid = found if isinstance(found, str) and found else None
             org_uid = org_uid or (entity.org_uid if entity else None)
         key = self._key(entity_type, fields) or (entity.key if entity else None)
-        self._cache.pop(entity_id, None)  # most recently used last
-        self._cache[entity_id] = _Entity(
-            org_uid, entity_type, key, fields, event.originator_version
+        self._cache.pop(oid, None)  # most recently used last
+        self._cache[oid] = _Entity(
+            entity_id, org_uid, entity_type, key, fields, event.originator_version
         )
         meta = getattr(event, "meta", None) or {}
         changes = {k: {"before": before[k], "after": fields[k]} for k in sorted(before)}
@@ -291,11 +293,12 @@ class AuditProjection(ViewProjection):
         value = fields.get(field) if field else None
         return None if value is None else str(value)
 
-    def _entity(self, entity_id: str, entity_type: str, version: int) -> _Entity | None:
-        found = self._cache.get(entity_id)
+    def _entity(self, oid: UUID, entity_type: str, version: int) -> _Entity | None:
+        found = self._cache.get(oid)
         if found is not None or version == 1 or self._state_at is None:
             return found
         self.lookups += 1
+        entity_id = str(oid)
         try:
             values = self._state_at(entity_id, version - 1)
         except Exception:  # noqa: BLE001 - before unknown: the row still says what changed
@@ -308,6 +311,7 @@ class AuditProjection(ViewProjection):
         fields = {k: _jsonable(v) for k, v in values.items() if k[0] != "_" and k not in HIDDEN}
         org_uid = entity_id if entity_type == "Organization" else fields.get("org_uid")
         return _Entity(
+            entity_id,
             org_uid if isinstance(org_uid, str) and org_uid else None,
             entity_type,
             self._key(entity_type, fields),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from projections.base import Handler, ViewProjection
 from projections.db import Tx, ViewDb
@@ -74,9 +75,11 @@ class CatalogueProjection(ViewProjection):
 
     def __init__(self) -> None:
         self._pending = Pending()  # policies and folders: few, kept in order
-        # certificates: changes coalesced per row, so a batch costs one statement per shape
-        self._inserts: dict[str, dict[str, Any]] = {}
-        self._updates: dict[str, dict[str, Any]] = {}
+        # certificates: changes coalesced per row (by aggregate id), so a batch costs one
+        # statement per shape; `updated_at` stays a datetime until the flush (only the last
+        # of a row's changes in a batch is ever written)
+        self._inserts: dict[UUID, dict[str, Any]] = {}
+        self._updates: dict[UUID, dict[str, Any]] = {}
 
     def schema(self) -> list[str]:
         return [
@@ -127,6 +130,8 @@ class CatalogueProjection(ViewProjection):
         self._updates.clear()
 
     def flush(self, tx: Tx) -> None:
+        for inserted in self._inserts.values():
+            inserted["updated_at"] = _iso(inserted["updated_at"])
         tx.bulk_insert(
             "catalogue_certificates",
             CERT_FIELDS,
@@ -134,19 +139,15 @@ class CatalogueProjection(ViewProjection):
         )
         shapes: dict[tuple[str, ...], list[list[Any]]] = {}
         for certificate_id, changes in self._updates.items():
+            changes["updated_at"] = _iso(changes["updated_at"])
             columns = tuple(sorted(changes))
-            shapes.setdefault(columns, []).append([changes[c] for c in columns] + [certificate_id])
+            values = [changes[c] for c in columns] + [str(certificate_id)]
+            shapes.setdefault(columns, []).append(values)
         for columns, rows in shapes.items():
             tx.bulk_update("catalogue_certificates", "certificate_id", columns, rows)
         self._inserts.clear()
         self._updates.clear()
         self._pending.flush(tx)
-
-    def _change(self, certificate_id: str, changes: dict[str, Any]) -> None:
-        target = self._inserts.get(certificate_id)
-        if target is None:
-            target = self._updates.setdefault(certificate_id, {})
-        target.update(changes)
 
     def _imported(self, event: Any, position: int) -> None:
         f = event.facts
@@ -179,21 +180,23 @@ class CatalogueProjection(ViewProjection):
             "pem": f["pem"],
             "version": event.originator_version,
             "created_at": _iso(event.timestamp),
-            "updated_at": _iso(event.timestamp),
+            "updated_at": event.timestamp,
             "deleted": 0,
         }
-        self._updates.pop(values["certificate_id"], None)
-        self._inserts[values["certificate_id"]] = values
+        self._updates.pop(event.originator_id, None)
+        self._inserts[event.originator_id] = values
 
     def _certificate_update(self, event: Any, position: int) -> None:
-        spec = SIMPLE_UPDATES[type(event).__name__]
-        changes: dict[str, Any] = {}
-        for column, attr, constant in spec:
+        target = self._inserts.get(event.originator_id)
+        if target is None:
+            target = self._updates.get(event.originator_id)
+            if target is None:
+                target = self._updates[event.originator_id] = {}
+        for column, attr, constant in SIMPLE_UPDATES[type(event).__name__]:
             value = getattr(event, attr) if attr else constant
-            changes[column] = int(value) if isinstance(value, bool) else value
-        changes["version"] = event.originator_version
-        changes["updated_at"] = _iso(event.timestamp)
-        self._change(str(event.originator_id), changes)
+            target[column] = int(value) if isinstance(value, bool) else value
+        target["version"] = event.originator_version
+        target["updated_at"] = event.timestamp
 
     def _policy_created(self, event: Any, position: int) -> None:
         self._pending.add(
