@@ -41,9 +41,25 @@ class ProcessHelpers:
 
     def __init__(self, eventsourcing_env: dict[str, str], conninfo: str, schema: str) -> None:
         self._spec = {"env": eventsourcing_env, "conninfo": conninfo, "schema": schema}
+        self._warm: subprocess.Popen[bytes] | None = None  # started ahead, waiting for a spec
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        with self._lock:
+            if self._warm is None or self._warm.poll() is not None:
+                self._warm = spawn_module(__name__, stdin=subprocess.PIPE)
+
+    def close(self) -> None:
+        with self._lock:
+            process, self._warm = self._warm, None
+        if process is not None:
+            _dismiss(process)
 
     def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperProcess:
-        process = spawn_module(__name__, stdin=subprocess.PIPE)
+        with self._lock:
+            process, self._warm = self._warm, None
+        if process is None or process.poll() is not None:
+            process = spawn_module(__name__, stdin=subprocess.PIPE)
         assert process.stdin is not None
         try:
             prepare()  # while the child imports; it reads nothing before its spec arrives
@@ -55,6 +71,17 @@ class ProcessHelpers:
             raise
         log.info("catch-up helper %s fills %s", process.pid, ", ".join(names))
         return HelperProcess(process)
+
+
+def _dismiss(process: subprocess.Popen[bytes]) -> None:
+    """End a helper that never got its spec: end of input tells it there is nothing to do."""
+    try:
+        if process.stdin is not None:
+            process.stdin.close()
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except (OSError, subprocess.TimeoutExpired):
+        process.kill()
+        process.wait()
 
 
 class HelperProcess:
@@ -97,7 +124,10 @@ def main() -> int:
     from projections.runner import ProjectionRunner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    spec: dict[str, Any] = json.loads(sys.stdin.read())
+    raw = sys.stdin.read()
+    if not raw.strip():
+        return 0  # started ahead of time and dismissed unused
+    spec: dict[str, Any] = json.loads(raw)
     registry = Registry(env=spec["env"])
     db = PostgresViewDb(spec["conninfo"], spec["schema"], max_size=2)
     chosen = [p for p in read_models(registry) if p.name in spec["names"]]

@@ -28,6 +28,9 @@ class _NoSync:
     def wait(self, position: int, timeout: float = 5.0) -> None:
         return None
 
+    def expect(self, events: int) -> None:
+        return None
+
 
 class RegistryBase(Application[UUID]):
     """One event store for every aggregate, so read models follow one ordered log."""

@@ -117,6 +117,11 @@ class ProjectionSync(Protocol):
 
     def wait(self, position: int, timeout: float = 5.0) -> None: ...
 
+    def expect(self, events: int) -> None:
+        """About this many events are about to be appended at once (a restore): get ready
+        to catch up on them (a catch-up helper's interpreter can start importing now)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:

@@ -290,6 +290,7 @@ class Restorer:
         progress = progress or NoProgress()
         started = time.perf_counter()
         plan, lines = self._verifying(source, until, until_position, progress)
+        self.app.projections.expect(plan.manifest.event_count)
         try:
             written = self.backups.store.insert_atomically(self._batches(plan, lines))
         except IntegrityError:

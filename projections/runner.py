@@ -57,6 +57,13 @@ class Helpers(Protocol):
 
     names: Sequence[str]  # the read models a helper takes
 
+    def warm(self) -> None:
+        """Start the next helper's interpreter now (it imports, then waits for its work), so
+        that a catch-up soon after does not wait for it. Unused, it ends with close()."""
+        ...
+
+    def close(self) -> None: ...
+
     def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
         """Start a helper for `names`. `prepare` runs once the helper exists and before it
         reads anything of the read models (the runner deals the audit split there, while the
@@ -450,6 +457,19 @@ class ProjectionRunner:
         head = self.app.recorder.max_notification_id() or 0
         return int(head) >= self.bulk_from_zero
 
+    def expect(self, events: int) -> None:
+        """See ProjectionSync.expect: when those events will make a bulk catch-up from zero
+        with a helper, the helper's interpreter starts now (its imports, ~1 s, leave the
+        catch-up's critical path)."""
+        if self.helpers is None or any(self._applied.values()):
+            return
+        head = int(self.app.recorder.max_notification_id() or 0)
+        if head + events >= self.bulk_from_zero:
+            try:
+                self.helpers.warm()
+            except Exception:  # noqa: BLE001 - only time is lost: start() spawns one then
+                log.exception("could not start a catch-up helper ahead of time")
+
     # -- background ---------------------------------------------------------
     def poke(self, _position: int = 0) -> None:
         self._wake.set()
@@ -476,6 +496,8 @@ class ProjectionRunner:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self.helpers is not None:
+            self.helpers.close()
         with self._lock:
             if self._io is not None:
                 self._io.shutdown(wait=True)

@@ -52,10 +52,26 @@ class Counting:
         self.names = real.names
         self.started: list[list[str]] = []
 
+    def warm(self) -> None:
+        self.real.warm()
+
+    def close(self) -> None:
+        self.real.close()
+
     def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
         self.started.append(list(names))
         run: HelperRun = self.real.start(names, prepare)
         return run
+
+
+class NoSpare:
+    """Helpers that never start one ahead of time."""
+
+    def warm(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 def read_models(cw: Certwarden) -> dict[str, list[tuple[Any, ...]]]:
@@ -129,7 +145,7 @@ def test_a_helper_that_fails_leaves_its_read_models_to_this_process(cw: Certward
 def test_a_helper_that_cannot_start_leaves_its_read_models_to_this_process(
     cw: Certwarden,
 ) -> None:
-    class Broken:
+    class Broken(NoSpare):
         names = ("audit",)
 
         def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
@@ -141,7 +157,7 @@ def test_a_helper_that_cannot_start_leaves_its_read_models_to_this_process(
 def test_a_helper_ended_midway_leaves_its_share_behind_and_this_process_catches_it_up(
     cw: Certwarden,
 ) -> None:
-    class EndedMidway:
+    class EndedMidway(NoSpare):
         """Fills its share three batches of ten far, commits them, and is gone."""
 
         names = ("audit",)
@@ -166,3 +182,22 @@ def test_a_helper_ended_midway_leaves_its_share_behind_and_this_process_catches_
 
     rebuild_with(cw, EndedMidway())
     assert 0 < EndedMidway.committed < cw.registry.max_position()
+
+
+def test_a_helper_started_ahead_does_the_next_catch_up_and_an_unused_one_just_ends(
+    cw: Certwarden,
+) -> None:
+    helpers = cw.runner.helpers
+    assert isinstance(helpers, ProcessHelpers)
+    helpers.warm()
+    spare = helpers._warm
+    assert spare is not None and spare.poll() is None  # waiting for its work
+    counting = Counting(helpers)
+    rebuild_with(cw, counting)
+    assert counting.started == [["audit"]]
+    assert spare.poll() == 0  # it was the helper: it filled its share and ended
+    helpers.warm()
+    unused = helpers._warm
+    assert unused is not None and unused is not spare
+    helpers.close()
+    assert unused.returncode == 0 and helpers._warm is None
