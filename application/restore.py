@@ -107,7 +107,8 @@ class Restorer:
     ) -> Plan:
         """Verify the whole file and check this store. Raises BackupFormatError (bad file),
         RestoreRefused (conflicts here, every one listed). Reads the file once; writes nothing."""
-        plan, lines = self._verifying(source, until, until_position, progress or NoProgress())
+        progress = progress or NoProgress()
+        plan, lines = self._verifying(source, until, until_position, progress, "verify")
         for _ in lines:
             pass
         return plan
@@ -118,6 +119,7 @@ class Restorer:
         until: datetime | None,
         until_position: int | None,
         progress: Progress,
+        title: str,
     ) -> tuple[Plan, Iterator[EventLine]]:
         """The plan (its manifest read and checked) and the lines to restore, each yielded
         once it is verified; the plan is complete, and this store checked, only when the
@@ -127,7 +129,7 @@ class Restorer:
         manifest = next(records)
         assert isinstance(manifest, Manifest)
         plan = Plan(manifest)
-        progress.phase("verify", manifest.event_count)
+        progress.phase(title, manifest.event_count)
         return plan, self._verified(reader, records, plan, Cut(until, until_position), progress)
 
     def _verified(
@@ -289,7 +291,7 @@ class Restorer:
         transaction is rolled back, nothing written, in every case."""
         progress = progress or NoProgress()
         started = time.perf_counter()
-        plan, lines = self._verifying(source, until, until_position, progress)
+        plan, lines = self._verifying(source, until, until_position, progress, "verify + write")
         self.app.projections.expect(plan.manifest.event_count)
         try:
             written = self.backups.store.insert_atomically(self._batches(plan, lines))
