@@ -449,22 +449,20 @@ class ProjectionRunner:
             return False
         return True
 
-    def _empty_and_far_behind(self) -> bool:
-        """Every read model empty and a long log to read: a first start on an existing store,
-        or the catch-up after restoring into a new one."""
+    def _empty_and_far_behind(self, coming: int = 0) -> bool:
+        """Every read model empty and a long log to read (counting `coming` events about to
+        be appended): a first start on an existing store, or the catch-up after restoring
+        into a new one."""
         if any(self._applied.values()):
             return False
         head = self.app.recorder.max_notification_id() or 0
-        return int(head) >= self.bulk_from_zero
+        return int(head) + coming >= self.bulk_from_zero
 
     def expect(self, events: int) -> None:
         """See ProjectionSync.expect: when those events will make a bulk catch-up from zero
         with a helper, the helper's interpreter starts now (its imports, ~1 s, leave the
         catch-up's critical path)."""
-        if self.helpers is None or any(self._applied.values()):
-            return
-        head = int(self.app.recorder.max_notification_id() or 0)
-        if head + events >= self.bulk_from_zero:
+        if self.helpers is not None and self._empty_and_far_behind(events):
             try:
                 self.helpers.warm()
             except Exception:  # noqa: BLE001 - only time is lost: start() spawns one then
