@@ -16,8 +16,11 @@ made before this codec) read as before.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import Any
 
-from eventsourcing.persistence import Compressor
+import orjson
+from eventsourcing.persistence import Compressor, JSONTranscoder
 
 COMPRESS_FROM = 1024
 
@@ -41,3 +44,53 @@ def deflate(data: bytes) -> bytes:
 def plain_state(data: bytes) -> bytes:
     """SmallStatesPlain.decompress as a function (no bound-method frame in hot loops)."""
     return data if data[:1] == b"{" else zlib.decompress(data)
+
+
+class _Slow(Exception):
+    """A value orjson may read differently from the standard library (a float: orjson reads
+    an integer wider than 64 bits as one), or a shape the fast path does not handle."""
+
+
+_NESTED = frozenset({dict, list, float})
+
+
+def fast_decoder(transcoder: Any) -> Callable[[bytes], Any] | None:
+    """The transcoder's `decode` at ~2x the speed, or None where that cannot be promised.
+
+    orjson parses; its dicts are then revived bottom-up exactly as the library's object hook
+    does ({"_type_": name, "_data_": value} -> the registered transcoding's decode). Whatever
+    orjson might read differently from `json` - any float (an integer over 64 bits comes out
+    of orjson as one), NaN, a lone surrogate, deep nesting - and any error goes to the
+    transcoder itself, so the result (or the exception) is always the library's own."""
+    if type(transcoder) is not JSONTranscoder:
+        return None
+    names = transcoder.names
+    slow = transcoder.decode
+
+    def value(v: Any) -> Any:
+        kind = type(v)
+        if kind is dict:
+            return revive(v)
+        if kind is list:
+            for i, item in enumerate(v):
+                if type(item) in _NESTED:
+                    v[i] = value(item)
+            return v
+        raise _Slow
+
+    def revive(d: dict[str, Any]) -> Any:
+        for k, v in d.items():
+            if type(v) in _NESTED:
+                d[k] = value(v)  # replacing a value while iterating is allowed
+        if len(d) == 2 and "_type_" in d and "_data_" in d:
+            return names[d["_type_"]].decode(d["_data_"])
+        return d
+
+    def decode(data: bytes) -> Any:
+        try:
+            found = orjson.loads(data)
+            return value(found) if type(found) in _NESTED else found
+        except Exception:  # noqa: BLE001 - the library decides, and raises its own error
+            return slow(data)
+
+    return decode

@@ -22,6 +22,8 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 from uuid import UUID
 
@@ -43,6 +45,7 @@ KEY_FIELD = {"Policy": "policy_id", "Folder": "path", "User": "name", "Organizat
 KEY_FIELD |= {"ApiKey": "label"}
 EVENT_ONLY = {"originator_id", "originator_version", "originator_topic", "timestamp"}
 _ABSENT = object()
+_ALL = repeat(_ABSENT)  # fields.get's default, for as many fields as there are
 CACHE_LIMIT = 50_000  # entities whose last-known fields are kept in memory
 BUCKETS = 62  # an entity's bucket: the low 32 bits of its id, mod BUCKETS (SQL says the same)
 NEAR_SHARE = 0.26  # of the events, for the main process when a helper fills the rest (see below)
@@ -160,7 +163,7 @@ class AuditProjection(ViewProjection):
         self.near = share.near
         self.split = split
         self._rows: list[tuple[Any, ...]] = []
-        self._cache: dict[UUID, _Entity] = {}  # by aggregate id
+        self._cache: dict[int, _Entity] = {}  # by aggregate id (its int: UUID hashes in Python)
         self._state_at = state_at
         self.lookups = 0  # entities read back from the event store (0 during a rebuild)
 
@@ -213,7 +216,9 @@ class AuditProjection(ViewProjection):
         return None if skipped else self.apply
 
     def apply(self, event: Any, position: int) -> None:
-        if not self.wants(event.originator_id):
+        oid = event.originator_id
+        cached = self._cache.pop(oid.int, None)  # (most recently used goes last again below)
+        if cached is None and not self.wants(oid):
             return
         names = _NAMES.get(type(event))
         if names is None:
@@ -222,40 +227,38 @@ class AuditProjection(ViewProjection):
         entity_type, event_type = names
         if entity_type in SKIPPED_TYPES:
             return
-        oid = event.originator_id
-        entity = self._entity(oid, entity_type, event.originator_version)
-        entity_id = entity.id_text if entity is not None else str(oid)
-        fields = entity.fields if entity is not None else {}
+        version = event.originator_version
+        entity = cached or self._entity(oid, entity_type, version)
+        if entity is None:
+            entity = _Entity(str(oid), None, entity_type, None, {}, version)
+        fields = entity.fields
         before = self._replay(event, fields)  # `fields` is now the state after the event
         if entity_type == "Organization":
-            org_uid: str | None = entity_id
+            entity.org_uid = entity.id_text
         else:
             found = fields.get("org_uid")
-            org_uid = found if isinstance(found, str) and found else None
-            org_uid = org_uid or (entity.org_uid if entity else None)
-        key = self._key(entity_type, fields) or (entity.key if entity else None)
-        self._cache.pop(oid, None)  # most recently used last
-        self._cache[oid] = _Entity(
-            entity_id, org_uid, entity_type, key, fields, event.originator_version
-        )
+            if isinstance(found, str) and found:
+                entity.org_uid = found
+        entity.key = self._key(entity_type, fields) or entity.key
+        entity.version = version
+        self._cache[oid.int] = entity
         meta = getattr(event, "meta", None) or {}
-        changes = {k: {"before": before[k], "after": fields[k]} for k in sorted(before)}
         self._rows.append(
             (
                 position,
                 utc_text(event.timestamp),
-                org_uid,
+                entity.org_uid,
                 entity_type,
-                entity_id,
-                key,
-                event.originator_version,
+                entity.id_text,
+                entity.key,
+                version,
                 event_type,
                 meta.get("actor_kind"),
                 meta.get("actor"),
                 meta.get("actor_owner"),
                 meta.get("request_id"),
                 meta.get("source_ip"),
-                _dumps(changes),
+                _dumps({k: {"before": before[k], "after": fields[k]} for k in sorted(before)}),
             )
         )
 
@@ -273,12 +276,14 @@ class AuditProjection(ViewProjection):
         except Exception:  # noqa: BLE001 - see the class docstring: fall back, never stop
             values = {k: v for k, v in vars(event).items() if k not in EVENT_ONLY}
         before: dict[str, Any] = {}
-        for k, v in values.items():
-            # a field the event did not touch is still the very object it was in `fields`
-            old = fields.get(k, _ABSENT)
-            if old is v or k[0] == "_" or k in HIDDEN:
+        # a field the event did not touch is still the very object it was in `fields`: the
+        # identity test runs in C over every field, the rest only over the touched ones
+        touched = compress(values, map(is_not, values.values(), map(fields.get, values, _ALL)))
+        for k in touched:
+            if k[0] == "_" or k in HIDDEN:
                 continue
-            v = _jsonable(v)
+            old = fields.get(k, _ABSENT)
+            v = _jsonable(values[k])
             if old is _ABSENT or old != v:
                 before[k] = None if old is _ABSENT else old
                 fields[k] = v
@@ -294,9 +299,9 @@ class AuditProjection(ViewProjection):
         return None if value is None else str(value)
 
     def _entity(self, oid: UUID, entity_type: str, version: int) -> _Entity | None:
-        found = self._cache.get(oid)
-        if found is not None or version == 1 or self._state_at is None:
-            return found
+        """An entity not in the cache: as it was before `version`, from the event store."""
+        if version == 1 or self._state_at is None:
+            return None
         self.lookups += 1
         entity_id = str(oid)
         try:

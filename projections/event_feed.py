@@ -8,9 +8,16 @@ Either way: notifications after `after`, in position order, at most `limit`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import zlib
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple, cast
 from uuid import UUID
+
+from eventsourcing.compressor import ZlibCompressor
+from eventsourcing.persistence import find_id_convertor
+from eventsourcing.utils import resolve_topic
+
+from application.state_encoding import SmallStatesPlain, fast_decoder
 
 
 class FeedItem(NamedTuple):
@@ -24,6 +31,58 @@ class FeedItem(NamedTuple):
 
 
 Fetch = Callable[[int, int], list[Any]]
+ToEvent = Callable[[Any], Any]
+
+
+def event_decoder(mapper: Any) -> ToEvent:
+    """`mapper.to_domain_event` for notifications, at about twice its speed where the store
+    is plain (no cipher; this codec's or the library's zlib compression; JSON transcoder):
+    the event class and id convertor are looked up once per topic, and the state is read
+    by application.state_encoding.fast_decoder. Events of a class that upcasts (class_version
+    above 1, or a stored class_version) and anything unusual take the mapper's own path, so
+    each event is exactly what the mapper makes of it."""
+    decode = fast_decoder(mapper.transcoder)
+    plain = mapper.cipher is None and type(mapper.compressor) in (SmallStatesPlain, ZlibCompressor)
+    slow: ToEvent = mapper.to_domain_event
+    if decode is None or not plain:
+        return slow
+    classes: dict[tuple[str, type[Any]], tuple[type[Any], Callable[[Any], Any]] | None] = {}
+
+    def to_event(n: Any) -> Any:
+        key = (n.topic, type(n.originator_id))
+        if key in classes:
+            found = classes[key]
+        else:
+            found = classes[key] = _fast_class(n.topic, type(n.originator_id))
+        if found is None:
+            return slow(n)
+        state = n.state
+        try:
+            if state[:1] != b"{":
+                state = zlib.decompress(state)  # both codecs' deflated states
+            values = decode(state)
+        except Exception:  # noqa: BLE001 - the mapper raises its own error for it
+            return slow(n)
+        if type(values) is not dict or "class_version" in values:
+            return slow(n)
+        cls, convert = found
+        values["originator_id"] = convert(n.originator_id)
+        values["originator_version"] = n.originator_version
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", values)
+        return event
+
+    return to_event
+
+
+def _fast_class(topic: str, id_type: type[Any]) -> tuple[type[Any], Callable[[Any], Any]] | None:
+    try:
+        cls = resolve_topic(topic)
+        if getattr(cls, "class_version", 1) != 1:
+            return None  # upcasting: the mapper's path
+        return cls, find_id_convertor(cls, cast(Hashable, id_type))
+    except Exception:  # noqa: BLE001 - the mapper's path raises the library's error
+        return None
 
 
 def feed_for(recorder: Any) -> Fetch:

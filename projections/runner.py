@@ -16,7 +16,7 @@ from application.allocation import fewer_young_collections
 from projections.base import Handler, ViewProjection
 from projections.batches import Batch, Read, RecordedWrites, succeeded
 from projections.db import ViewDb
-from projections.event_feed import bucket_counts_for, feed_for
+from projections.event_feed import bucket_counts_for, event_decoder, feed_for
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class ProjectionRunner:
             p for p in self.projections if type(p).prefetch is not ViewProjection.prefetch
         ]
         self._fetch = feed_for(app.recorder)
+        self._to_event = event_decoder(app.mapper)
         self._bucket_counts = bucket_counts_for(app.recorder)
         self._narrowing = (  # every read model here takes some entities only (a helper's)
             [p.wants for p in self.projections]
@@ -189,7 +190,7 @@ class ProjectionRunner:
         notifications = self._fetch(after, self.batch_size)
         if not notifications:
             return Read(0, 0, 0, [])
-        to_event = self.app.mapper.to_domain_event
+        to_event = self._to_event
         wanted = self._wanted
         narrowing = self._narrowing
         events = []

@@ -134,3 +134,49 @@ def test_indexes_a_failed_bulk_load_could_not_build_come_back_on_the_next_catch_
     runner.catch_up()
     assert index_names(cw) == indexes
     assert audited_positions(cw) == expected_positions(cw)
+
+
+def test_the_feed_decodes_every_event_exactly_as_the_mapper_does(tmp_path: Any) -> None:
+    from eventsourcing.persistence import StoredEvent
+
+    from projections.event_feed import event_decoder, feed_for
+    from tests import factories as f
+    from tests.conftest import make_settings
+
+    cw = bootstrap(make_settings("sqlite", tmp_path))
+    try:
+        org = cw.registry.create_organization("o", ADMIN).uid
+        done = cw.registry.import_certificates(  # deflated states (PEM) beside plain ones
+            org, f.make_self_signed_leaf(f.unique_cn()).pem, ADMIN
+        )
+        cert = cw.registry.certificate(org, done[0].certificate_id)
+        cert.rename("renamed", ADMIN.meta())
+        cw.registry.commit(cert)
+        cw.registry.create_user(org, "u1", "viewer", ADMIN)
+        mapper = cw.registry.mapper
+        notifications = feed_for(cw.registry.recorder)(0, 1000)
+        decode = event_decoder(mapper)
+        assert decode is not mapper.to_domain_event  # the fast path is taken here
+        for n in notifications:
+            fast, library = decode(n), mapper.to_domain_event(n)
+            assert type(fast) is type(library)
+            assert vars(fast) == vars(library)
+        # a stored class_version (an upcast) and a damaged state take the mapper's own path
+        n = notifications[-1]
+        marked = StoredEvent(
+            n.originator_id, n.originator_version, n.topic, n.state[:-1] + b',"class_version":1}'
+        )
+        assert vars(decode(marked)) == vars(mapper.to_domain_event(marked))
+        broken = StoredEvent(n.originator_id, n.originator_version, n.topic, b'{"oops"')
+        with pytest.raises(type(_raised(mapper.to_domain_event, broken))):
+            decode(broken)
+    finally:
+        cw.close()
+
+
+def _raised(call: Any, *args: Any) -> BaseException:
+    try:
+        call(*args)
+    except Exception as exc:  # noqa: BLE001 - returned for the comparison
+        return exc
+    raise AssertionError("expected an error")

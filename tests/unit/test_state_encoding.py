@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import zlib
+from datetime import UTC
 from pathlib import Path
 
+import hypothesis
+import pytest
 from eventsourcing.compressor import ZlibCompressor
+from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
+from hypothesis import strategies as st
 
 from application.bootstrap import bootstrap
-from application.state_encoding import COMPRESS_FROM, SmallStatesPlain, plain_state
+from application.state_encoding import COMPRESS_FROM, SmallStatesPlain, fast_decoder, plain_state
 from domain.meta import Actor, ActorKind
 from tests import factories as f
 from tests.conftest import make_settings
@@ -64,3 +69,88 @@ def test_the_store_keeps_a_rename_plain_and_an_import_deflated(tmp_path: Path) -
         assert cw.registry.certificate(org, cert.id).name == "renamed"
     finally:
         cw.close()
+
+
+# -- the fast decoder: always the library's result, or the library's error -----------------
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)  # wider than 64 bits too
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()
+)
+_VALUES = st.recursive(
+    _SCALARS
+    | st.datetimes(timezones=st.just(UTC))
+    | st.uuids()
+    | st.decimals(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def transcoder() -> JSONTranscoder:
+    t = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DatetimeAsISO(), DecimalAsStr()):
+        t.register(transcoding)
+    return t
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(_VALUES)
+def test_the_fast_decoder_reads_what_the_transcoder_wrote_as_the_transcoder_does(
+    value: object,
+) -> None:
+    t = transcoder()
+    data = t.encode({"v": value})
+    decode = fast_decoder(t)
+    assert decode is not None
+    assert repr(decode(data)) == repr(t.decode(data))  # repr: NaN != NaN, -0.0 == 0.0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":123456789012345678901234567890}',  # orjson reads this as a float
+        b'{"a":1e400}',
+        b'{"a":NaN}',
+        b'{"a":"\\ud800"}',  # a lone surrogate
+        b'{"a":{"_type_":"uuid_hex","_data_":"' + b"0" * 32 + b'"},"b":[1.5,{"x":2}]}',
+        b'{"a":1,"a":2}',
+        b"[" * 2000 + b"]" * 2000,
+    ],
+)
+def test_the_fast_decoder_agrees_on_the_edges(data: bytes) -> None:
+    t = transcoder()
+    decode = fast_decoder(t)
+    assert decode is not None
+    try:
+        expected = repr(t.decode(data))
+    except Exception as exc:  # noqa: BLE001 - then the fast one raises the same
+        with pytest.raises(type(exc)):
+            decode(data)
+        return
+    assert repr(decode(data)) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a":', b'{"_type_":"no-such-type","_data_":1}', b'{"a":"\xff"}', b"", b"{}x"],
+)
+def test_the_fast_decoder_raises_the_transcoders_error(data: bytes) -> None:
+    t = transcoder()
+    decode = fast_decoder(t)
+    assert decode is not None
+    with pytest.raises(Exception) as slow:
+        t.decode(data)
+    with pytest.raises(type(slow.value)):
+        decode(data)
+
+
+def test_the_fast_decoder_is_not_offered_for_another_transcoder() -> None:
+    class Other(JSONTranscoder):
+        pass
+
+    assert fast_decoder(Other()) is None
