@@ -11,8 +11,11 @@ transaction on the recorder's own datastore and feed it batch after batch:
 
 - PostgreSQL: the recorder's `LOCK TABLE ... IN EXCLUSIVE MODE` (commit order = position
   order, as for every other writer; other writers wait, up to their lock timeout), NOTIFY,
-  then `COPY ... FROM STDIN (FORMAT BINARY)`; positions come from the table's sequence in
-  copy order. A failure anywhere rolls the whole transaction back. ANALYZE follows.
+  then `COPY ... FROM STDIN (FORMAT BINARY)`. Positions are known before the first row:
+  the first is drawn from the table's sequence, the rest follow it in copy order (given
+  explicitly, with the sequence set past the last at the end; the lock keeps every other
+  writer out meanwhile). A failure anywhere rolls the whole transaction back (a rolled-back
+  restore leaves a gap in the sequence, as any rolled-back insert does). ANALYZE follows.
 - SQLite: one write transaction with executemany per batch (rowid = position).
 - In-memory (popo): batches are gathered and inserted with one `insert_events` call, which
   checks every (id, version) before appending any (the store is in memory anyway).
@@ -20,7 +23,7 @@ transaction on the recorder's own datastore and feed it batch after batch:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -93,26 +96,49 @@ class PostgresBulkStore:
                 found.update(UUID(str(row["originator_id"])) for row in rows.fetchall())
         return found
 
-    def insert_atomically(self, batches: Iterable[Sequence[StoredEvent]]) -> int:
-        from psycopg.sql import SQL, Identifier
+    def insert_atomically(
+        self,
+        batches: Iterable[Sequence[StoredEvent]],
+        started: Callable[[int], None] | None = None,
+    ) -> int:
+        from psycopg.rows import tuple_row
+        from psycopg.sql import SQL, Identifier, Literal
 
         count = 0
         copy_sql = SQL(
-            "COPY {} (originator_id, originator_version, topic, state) FROM STDIN (FORMAT BINARY)"
+            "COPY {} (notification_id, originator_id, originator_version, topic, state)"
+            " FROM STDIN (FORMAT BINARY)"
         ).format(self._table())
         with self.recorder.datastore.get_connection() as conn, conn.transaction():
-            with conn.cursor() as curs:
+            with conn.cursor(row_factory=tuple_row) as curs:
                 for statement in self.recorder.lock_table_statements:
                     curs.execute(statement)
                 curs.execute(SQL("NOTIFY {}").format(Identifier(self.recorder.channel_name)))
+                # positions: taken from the table's sequence once, then given explicitly, so
+                # they are known before the first row (started) and contiguous in copy order
+                sequence = Literal(self._table().as_string(conn))
+                curs.execute(
+                    SQL("SELECT pg_get_serial_sequence({}, 'notification_id')").format(sequence)
+                )
+                sequence_name = curs.fetchone()[0]
+                curs.execute("SELECT nextval(%s::regclass)", (sequence_name,))
+                first = int(curs.fetchone()[0])
+                if started is not None:
+                    started(first - 1)
                 with curs.copy(copy_sql) as copy:
-                    copy.set_types(["uuid", "int8", "text", "bytea"])
+                    copy.set_types(["int8", "uuid", "int8", "text", "bytea"])
                     for batch in batches:
+                        position = first + count
                         for e in batch:
                             copy.write_row(
-                                (e.originator_id, e.originator_version, e.topic, e.state)
+                                (position, e.originator_id, e.originator_version, e.topic, e.state)
                             )
+                            position += 1
                         count += len(batch)
+                if count > 1:  # the sequence goes on after the last position taken
+                    curs.execute(
+                        "SELECT setval(%s::regclass, %s)", (sequence_name, first + count - 1)
+                    )
         with self.recorder.datastore.get_connection() as conn:
             # statistics for the new rows now: readers page with "> n ORDER BY ... LIMIT", which
             # PostgreSQL plans as a full sort until it knows the table (measured: O(n^2))
@@ -142,8 +168,12 @@ class SqliteBulkStore:
                 found.update(UUID(row["originator_id"]) for row in c.fetchall())
         return found
 
-    def insert_atomically(self, batches: Iterable[Sequence[StoredEvent]]) -> int:
-        count = 0
+    def insert_atomically(
+        self,
+        batches: Iterable[Sequence[StoredEvent]],
+        started: Callable[[int], None] | None = None,
+    ) -> int:
+        count = 0  # (positions are not known ahead here: `started` is not called)
         with self.recorder.datastore.transaction(commit=True) as c:
             for batch in batches:
                 c.executemany(
@@ -169,7 +199,11 @@ class MemoryBulkStore:
     def existing(self, ids: Iterable[UUID]) -> set[UUID]:
         return {i for i in ids if self.recorder.select_events(i, limit=1)}
 
-    def insert_atomically(self, batches: Iterable[Sequence[StoredEvent]]) -> int:
+    def insert_atomically(
+        self,
+        batches: Iterable[Sequence[StoredEvent]],
+        started: Callable[[int], None] | None = None,
+    ) -> int:
         events = [e for batch in batches for e in batch]
         if events:
             self.recorder.insert_events(events)

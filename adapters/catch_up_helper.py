@@ -17,19 +17,27 @@ ends early, keeping the batches it committed, when its parent goes away or termi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import marshal
 import os
+import select
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO
+from uuid import UUID
 
 from adapters.child_process import spawn_module
 
 HELPED = ("audit",)
 STOP_GRACE_SECONDS = 10.0
+F_SETPIPE_SZ = 1031  # Linux fcntl: a pipe's capacity
+PIPE_BYTES = 1 << 20
+STALL_SECONDS = 60.0  # a restore's helper that takes no input this long is ended
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +63,32 @@ class ProcessHelpers:
         if process is not None:
             _dismiss(process)
 
-    def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperProcess:
+    def _process(self) -> subprocess.Popen[bytes]:
         with self._lock:
             process, self._warm = self._warm, None
         if process is None or process.poll() is not None:
             process = spawn_module(__name__, stdin=subprocess.PIPE)
+        return process
+
+    def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedProcess:
+        process = self._process()
+        assert process.stdin is not None
+        spec = {**self._spec, "names": list(names), "feed": True, "indexes": list(indexes)}
+        try:
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer waits on either side
+                fcntl.fcntl(process.stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+            process.stdin.write(json.dumps(spec).encode() + b"\n")
+            process.stdin.flush()
+            os.set_blocking(process.stdin.fileno(), False)  # see FeedProcess._frame
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        log.info("restore helper %s fills %s", process.pid, ", ".join(names))
+        return FeedProcess(process)
+
+    def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperProcess:
+        process = self._process()
         assert process.stdin is not None
         try:
             prepare()  # while the child imports; it reads nothing before its spec arrives
@@ -110,6 +139,132 @@ class HelperProcess:
             self.process.wait()
 
 
+class FeedProcess(HelperProcess):
+    """The restore's side of a feed (frames on the helper's stdin) and the runner's (wait,
+    end, running). Never raises into the restore: a helper gone away only marks the feed
+    failed, and the read models then catch up from the event store."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        super().__init__(process)
+        self.begun = False
+        self.failed = False
+
+    def begin(self, base: int) -> None:
+        self._frame(("begin", base))
+        self.begun = True
+
+    def send(self, events: Sequence[tuple[int, int, str, bytes]]) -> None:
+        if not self.begun:
+            self.failed = True  # positions unknown: nothing can be filled from these
+        self._frame(("events", list(events)))
+
+    def commit(self) -> None:
+        if self.begun:
+            self._frame(("commit",))
+        self._close()
+
+    def abort(self) -> None:
+        self.failed = True
+        self._close()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def end(self) -> None:
+        self.abort()  # end of input before "commit": the helper rolls back
+        super().end()
+
+    def _frame(self, message: tuple[Any, ...]) -> None:
+        """Write one message; a helper that takes nothing for STALL_SECONDS is ended (the
+        restore holds the event store's lock: it must never wait on a stuck helper)."""
+        if self.failed or self.process.stdin is None:
+            return
+        data = marshal.dumps(message)
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        fd = self.process.stdin.fileno()
+        try:
+            while view:
+                _, writable, _ = select.select([], [fd], [], STALL_SECONDS)
+                if not writable:
+                    log.warning("restore helper %s takes nothing: ended", self.process.pid)
+                    self.failed = True
+                    self.process.kill()
+                    return
+                view = view[os.write(fd, view[:PIPE_BYTES]) :]
+        except OSError:  # the helper is gone: its exit code tells the runner
+            self.failed = True
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+
+
+def _frames(stream: BinaryIO) -> Iterator[tuple[Any, ...]]:
+    """The feed's messages until the end of input (a cut-off frame ends it too)."""
+    while len(head := stream.read(4)) == 4:
+        data = stream.read(int.from_bytes(head, "big"))
+        message = marshal.loads(data)  # noqa: S302 - from our own parent, over a pipe
+        if not isinstance(message, tuple) or not message:
+            return
+        yield message
+
+
+class _Aborted(Exception):
+    """The input ended before "commit": the restore failed or was cut short."""
+
+
+def _fill_from_feed(runner: Any, db: Any, registry: Any, spec: dict[str, Any]) -> int:
+    """Feed mode: apply the restore's events as they come, in ONE transaction committed
+    only on "commit", then build the indexes. Exit codes: 0 filled, 3 aborted (nothing
+    written), 4 the read models were not where the restore starts (nothing written)."""
+    from application.allocation import fewer_young_collections
+    from projections.batches import Read
+    from projections.event_feed import FeedItem, event_decoder
+
+    frames = _frames(sys.stdin.buffer)
+    first = next(frames, None)
+    if first is None or first[0] != "begin":
+        return 3
+    base = int(first[1])
+    positions = {name: runner.position_of(name) for name in spec["names"]}
+    if any(position != base for position in positions.values()):
+        log.warning(
+            "restore helper: read models at %s, the restore starts after %s", positions, base
+        )
+        return 4
+    runner.refuse_read_back()  # every entity starts in the feed (see AuditProjection)
+    to_event = event_decoder(registry.mapper)
+    ids: dict[int, UUID] = {}
+    position = base
+    try:
+        with fewer_young_collections(), db.transaction() as tx:
+            for message in frames:
+                if message[0] == "commit":
+                    break
+                events = []
+                for id_int, version, topic, state in message[1]:
+                    position += 1
+                    oid = ids.get(id_int)
+                    if oid is None:
+                        if len(ids) > 100_000:
+                            ids.clear()
+                        oid = ids[id_int] = UUID(int=id_int)
+                    events.append(
+                        (position, to_event(FeedItem(position, oid, version, topic, state)))
+                    )
+                if events:
+                    runner.write_in(tx, Read(events[0][0], position, len(events), events))
+            else:
+                raise _Aborted
+    except _Aborted:
+        log.info("restore helper: the restore did not commit; nothing written")
+        return 3
+    log.info("restore helper: %d events applied to %s", position - base, spec["names"])
+    runner.build_indexes(spec["indexes"])
+    return 0
+
+
 def _watch_parent(stop: threading.Event) -> None:
     parent = os.getppid()
     while not stop.wait(1.0):
@@ -124,14 +279,22 @@ def main() -> int:
     from projections.runner import ProjectionRunner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    raw = sys.stdin.read()
+    raw = sys.stdin.buffer.readline()
     if not raw.strip():
         return 0  # started ahead of time and dismissed unused
     spec: dict[str, Any] = json.loads(raw)
-    registry = Registry(env=spec["env"])
+    # the tables exist (the parent made them), and a restore may hold the event store's lock
+    registry = Registry(env={**spec["env"], "CREATE_TABLE": "no"})
     db = PostgresViewDb(spec["conninfo"], spec["schema"], max_size=2)
     chosen = [p for p in read_models(registry) if p.name in spec["names"]]
     runner = ProjectionRunner(registry, db, chosen, setup=False)
+    if spec.get("feed"):
+        try:
+            return _fill_from_feed(runner, db, registry, spec)
+        finally:
+            runner.stop()
+            db.close()
+            registry.close()
     stop = threading.Event()
     threading.Thread(target=_watch_parent, args=(stop,), daemon=True).start()
     try:

@@ -106,9 +106,15 @@ class EventStoreBulk(Protocol):
         """The given aggregate ids that have at least one stored event."""
         ...
 
-    def insert_atomically(self, batches: Iterable[Sequence[StoredEvent]]) -> int:
+    def insert_atomically(
+        self,
+        batches: Iterable[Sequence[StoredEvent]],
+        started: Callable[[int], None] | None = None,
+    ) -> int:
         """Insert every batch in ONE transaction, in order (new positions follow that order).
 
+        Where positions are known before the first event is written (PostgreSQL), calls
+        `started(base)` first: the events take base + 1, base + 2, ... in order.
         If the iterable or the database raises, nothing is written. Returns the event count.
         Raises eventsourcing IntegrityError when an (id, version) already exists.
         """

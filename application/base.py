@@ -10,7 +10,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
-from application.ports import PolicyUsage, ProjectionSync
+from application.ports import PolicyUsage, ProjectionSync, RestoreFeed
 from domain.errors import ConcurrentChange, NotFound, PreconditionFailed
 from domain.organization import Organization, org_uuid
 from domain.reservation import Reservation, reservation_id
@@ -28,7 +28,7 @@ class _NoSync:
     def wait(self, position: int, timeout: float = 5.0) -> None:
         return None
 
-    def expect(self, events: int) -> None:
+    def expect(self, events: int) -> RestoreFeed | None:
         return None
 
 

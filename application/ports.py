@@ -117,10 +117,31 @@ class ProjectionSync(Protocol):
 
     def wait(self, position: int, timeout: float = 5.0) -> None: ...
 
-    def expect(self, events: int) -> None:
+    def expect(self, events: int) -> RestoreFeed | None:
         """About this many events are about to be appended at once (a restore): get ready
-        to catch up on them (a catch-up helper's interpreter can start importing now)."""
+        to catch up on them. May return a feed to send the events to as they are written
+        (where another process can fill read models from them meanwhile), or None."""
         ...
+
+
+class RestoreFeed(Protocol):
+    """Read models filled from a restore's events while the events are being written (a
+    helper process, on PostgreSQL). The events go in in position order before they are
+    committed; whatever the feed writes commits only after commit() - which the restore
+    calls once its own transaction has committed - and never after abort(). A feed that
+    fails only costs time: the read models catch up from the event store as usual."""
+
+    def begin(self, base: int) -> None:
+        """The events sent next take positions base + 1, base + 2, ... in order."""
+        ...
+
+    def send(self, events: Sequence[tuple[int, int, str, bytes]]) -> None:
+        """(aggregate id as an int, version, topic, the state's transcoder JSON) each."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

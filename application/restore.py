@@ -35,6 +35,7 @@ from application.backup import Backups, NoProgress, Progress, Summary
 from application.backup_format import BackupFormatError, EventLine, Manifest
 from application.backup_reader import ChainReader
 from application.organizations import BOOTSTRAP_KEY
+from application.ports import RestoreFeed
 from application.restore_rules import Cut, topic_info
 from application.state_encoding import SmallStatesPlain, deflate
 from domain.errors import Conflict, InvalidInput
@@ -292,28 +293,46 @@ class Restorer:
         progress = progress or NoProgress()
         started = time.perf_counter()
         plan, lines = self._verifying(source, until, until_position, progress, "verify + write")
-        self.app.projections.expect(plan.manifest.event_count)
+        feed = self.app.projections.expect(plan.manifest.event_count)
+        committed = False
         try:
-            written = self.backups.store.insert_atomically(self._batches(plan, lines))
+            written = self.backups.store.insert_atomically(
+                self._batches(plan, lines, feed), feed.begin if feed is not None else None
+            )
+            committed = True
         except IntegrityError:
             raise Conflict(
                 "a concurrent change claimed something this restore needs; nothing was "
                 "written; retry"
             ) from None
+        finally:
+            if feed is not None:  # its read models commit after the events, or never
+                feed.commit() if committed else feed.abort()
         progress.phase("read models", None)
         self.app.projections.wait(self.app.max_position(), timeout=SETTLE_SECONDS)
         return plan, Summary(written, time.perf_counter() - started)
 
-    def _batches(self, plan: Plan, lines: Iterator[EventLine]) -> Iterator[Sequence[StoredEvent]]:
+    def _batches(
+        self, plan: Plan, lines: Iterator[EventLine], feed: RestoreFeed | None
+    ) -> Iterator[Sequence[StoredEvent]]:
         """Batches of stored events as their lines are verified; the last one (with the shared
-        claims) only once every line is, so a bad file fails before the transaction ends."""
+        claims) only once every line is, so a bad file fails before the transaction ends.
+        The file's events (not the claims) also go to the read models' feed, if any."""
         compress = self._compressor()
         batch: list[StoredEvent] = []
+        fed: list[tuple[int, int, str, bytes]] = []
         for e in lines:
             batch.append(StoredEvent(e.originator_id, e.version, e.topic, compress(e.state_json)))
+            if feed is not None:
+                fed.append((e.originator_id.int, e.version, e.topic, e.state_json))
             if len(batch) >= self.batch:
+                if feed is not None:
+                    feed.send(fed)
+                    fed = []
                 yield batch
                 batch = []
+        if feed is not None and fed:
+            feed.send(fed)
         yield [*batch, *plan.claim_events]
 
     def _compressor(self) -> Callable[[bytes], bytes]:

@@ -66,6 +66,10 @@ class ViewProjection:
         never read or change what `apply` reads or changes.
         """
 
+    def refuse_read_back(self) -> None:
+        """From now on, the events applied are not in the event store yet (a restore's): a
+        read model that would read something back from it must raise instead."""
+
     def flush(self, tx: Tx) -> None:
         """Write pending rows inside the batch transaction."""
 

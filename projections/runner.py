@@ -13,9 +13,10 @@ from typing import Any, Protocol
 from eventsourcing.utils import resolve_topic
 
 from application.allocation import fewer_young_collections
+from application.ports import RestoreFeed
 from projections.base import Handler, ViewProjection
 from projections.batches import Batch, Read, RecordedWrites, succeeded
-from projections.db import ViewDb
+from projections.db import Tx, ViewDb
 from projections.event_feed import bucket_counts_for, event_decoder, feed_for
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class HelperRun(Protocol):
         ...
 
 
+class FeedRun(RestoreFeed, HelperRun, Protocol):
+    """A helper filled by a restore (RestoreFeed, the restore's side), run by this runner."""
+
+    def running(self) -> bool: ...
+
+
 class Helpers(Protocol):
     """Another process that fills some read models from zero beside this one (a port: the
     wiring decides if there is one). Its rows and tracking positions reach the same tables
@@ -63,6 +70,12 @@ class Helpers(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedRun:
+        """Start a helper that fills `names` (empty, at the position the restore starts
+        from) from a restore's events as they are sent, commits after the restore did, then
+        builds `indexes`."""
+        ...
 
     def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
         """Start a helper for `names`. `prepare` runs once the helper exists and before it
@@ -101,6 +114,7 @@ class ProjectionRunner:
         self.bulk_from_zero = bulk_from_zero
         self.helpers = helpers
         self._away: set[str] = set()  # read models a helper process is filling right now
+        self._feed: tuple[FeedRun, list[str], list[str]] | None = None  # (run, names, indexes)
         self.poll_interval = poll_interval
         self._positions: dict[str, int] = {}  # committed
         self._applied: dict[str, int] = {}  # applied in memory (>= committed)
@@ -266,6 +280,20 @@ class ProjectionRunner:
                 self.processed += batch.size
                 self._cond.notify_all()
 
+    def write_in(self, tx: Tx, read: Read) -> None:
+        """Apply events handed in (not read from the log: a restore's, see expect) and write
+        their rows and positions in the caller's transaction."""
+        with self._lock:
+            batch = self._apply(read)
+            for method, args in batch.writes.calls:
+                getattr(tx, method)(*args)
+
+    def refuse_read_back(self) -> None:
+        """The events applied from here on are not committed yet: no read model may read
+        anything back from the event store (one that would needs to fail instead)."""
+        for projection in self.projections:
+            projection.refuse_read_back()
+
     def run_once(self) -> int:
         """Process one batch; returns how many notifications were read."""
         with self._lock:
@@ -284,8 +312,10 @@ class ProjectionRunner:
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
         with self._lock:
+            self._finish_feed(None, wait=False)
             if self._empty_and_far_behind():
-                return self._bulk(self.projections, stop)
+                here = [p for p in self.projections if p.name not in self._away]
+                return self._bulk(here, stop)
             return self._pipeline(stop)
 
     def follow_to_end(self, stop: threading.Event | None = None) -> int:
@@ -303,7 +333,9 @@ class ProjectionRunner:
         keeping its indexes live cost ~5 s more at 1M than two builds side by side after)."""
         helped = [p.name for p in among if self.helpers and p.name in self.helpers.names]
         with self._indexes_built_at_the_end(among):
-            return self._with_helper(helped, stop) + self._pipeline(stop)
+            total = self._with_helper(helped, stop) + self._pipeline(stop)
+            self._finish_feed(stop, wait=True)  # a restore's feed: its read models come back
+            return total
 
     def _with_helper(self, names: list[str], stop: threading.Event | None) -> int:
         if self.helpers is None or not names:
@@ -407,6 +439,17 @@ class ProjectionRunner:
         at the end, several times cheaper than keeping them up to date row by row. Indexes a
         projection reads while catching up (`live_indexes`) stay. If the build fails, the
         next catch-up tries again; if the process dies, the schema brings them back."""
+        indexes = self._drop_indexes(projections)
+        self._missing_indexes = [s for s in self._missing_indexes if s not in indexes]  # below
+        try:
+            yield
+        finally:
+            self._missing_indexes.extend(indexes)
+            self._build_missing_indexes()
+
+    def _drop_indexes(self, projections: Sequence[ViewProjection]) -> list[str]:
+        """Drop the read models' secondary indexes (not their live ones); returns the
+        statements that build them again."""
         indexes = list(
             dict.fromkeys(  # once each: read models sharing tables (audit) share indexes too
                 statement
@@ -419,11 +462,14 @@ class ProjectionRunner:
         with self.db.transaction() as tx:
             for statement in indexes:
                 tx.execute(f"DROP INDEX IF EXISTS {statement.split()[5]}")
-        try:
-            yield
-        finally:
-            self._missing_indexes.extend(indexes)
+        return indexes
+
+    def build_indexes(self, statements: Sequence[str]) -> bool:
+        """Build these indexes now (see _build_missing_indexes); True if all were built."""
+        with self._lock:
+            self._missing_indexes.extend(statements)
             self._build_missing_indexes()
+            return not self._missing_indexes
 
     def _build_missing_indexes(self) -> None:
         """Each index in its own transaction; on PostgreSQL two at a time (two sessions, two
@@ -454,20 +500,57 @@ class ProjectionRunner:
         """Every read model empty and a long log to read (counting `coming` events about to
         be appended): a first start on an existing store, or the catch-up after restoring
         into a new one."""
-        if any(self._applied.values()):
+        if any(v for name, v in self._applied.items() if name not in self._away):
             return False
         head = self.app.recorder.max_notification_id() or 0
         return int(head) + coming >= self.bulk_from_zero
 
-    def expect(self, events: int) -> None:
-        """See ProjectionSync.expect: when those events will make a bulk catch-up from zero
-        with a helper, the helper's interpreter starts now (its imports, ~1 s, leave the
-        catch-up's critical path)."""
-        if self.helpers is not None and self._empty_and_far_behind(events):
+    def expect(self, events: int) -> RestoreFeed | None:
+        """See ProjectionSync.expect. When those events will make a bulk catch-up from zero
+        with a helper, the helper takes its read models' whole group (the audit trail, both
+        shares) from the restore's own events as they are written: it decodes and applies
+        them on the other core while this process verifies and writes, and commits after the
+        restore (see adapters/catch_up_helper.py). This runner leaves those read models to it
+        until it has ended, then reloads their positions from the tables - whatever the
+        helper committed, or not - and catches up from there as usual."""
+        if self.helpers is None or not self._empty_and_far_behind(events):
+            return None
+        with self._lock:
+            if self._feed is not None or not self._empty_and_far_behind(events):
+                return None
+            helped = {_group(p) for p in self.projections if p.name in self.helpers.names}
+            chosen = [p for p in self.projections if _group(p) in helped]
+            names = [p.name for p in chosen]
             try:
-                self.helpers.warm()
-            except Exception:  # noqa: BLE001 - only time is lost: start() spawns one then
-                log.exception("could not start a catch-up helper ahead of time")
+                indexes = self._drop_indexes(chosen)  # empty tables: instant
+                feed = self.helpers.feed(names, indexes)
+            except Exception:  # noqa: BLE001 - the read models still fill, after the restore
+                log.exception("could not start a helper for the restore's read models")
+                return None
+            self._feed = (feed, names, indexes)
+            self._away.update(names)
+            for name in names:
+                self._applied[name] = _AWAY
+            return feed
+
+    def _finish_feed(self, stop: threading.Event | None, wait: bool) -> None:
+        """Take back the read models a restore's feed filled, once its helper has ended (if
+        `wait`, wait for that): their positions are what it committed (nothing, if the
+        restore or the helper failed); indexes it did not build are built on the next
+        catch-up."""
+        if self._feed is None:
+            return
+        feed, names, indexes = self._feed
+        if not wait and feed.running():
+            return
+        try:
+            if wait and not feed.wait(stop):
+                log.warning("the restore's read-model helper did not finish %s", names)
+        finally:
+            self._feed = None
+            self._away.difference_update(names)
+            self._missing_indexes.extend(indexes)  # IF NOT EXISTS: the helper's stay as they are
+            self._reload(names)
 
     # -- background ---------------------------------------------------------
     def poke(self, _position: int = 0) -> None:
@@ -498,6 +581,9 @@ class ProjectionRunner:
         if self.helpers is not None:
             self.helpers.close()
         with self._lock:
+            if self._feed is not None:
+                self._feed[0].end()
+                self._finish_feed(None, wait=False)
             if self._io is not None:
                 self._io.shutdown(wait=True)
                 self._io = None
