@@ -140,9 +140,10 @@ class HelperProcess:
 
 
 class FeedProcess(HelperProcess):
-    """The restore's side of a feed (frames on the helper's stdin) and the runner's (wait,
-    end, running). Never raises into the restore: a helper gone away only marks the feed
-    failed, and the read models then catch up from the event store."""
+    """A helper filled from a restore (projections.runner.FeedRun): frames on its stdin for
+    the feed's side, the process for the runner's. Never raises into the restore: a helper
+    gone away only marks the feed failed, and its read models then catch up from the event
+    store as usual."""
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         super().__init__(process)
@@ -153,12 +154,10 @@ class FeedProcess(HelperProcess):
         self._frame(("begin", base))
         self.begun = True
 
-    def send(self, events: Sequence[tuple[int, int, str, bytes]]) -> None:
-        if not self.begun:
-            self.failed = True  # positions unknown: nothing can be filled from these
-        self._frame(("events", list(events)))
+    def send_share(self, last: int, events: Sequence[tuple[int, int, int, str, bytes]]) -> None:
+        self._frame(("events", last, list(events)))
 
-    def commit(self) -> None:
+    def commit_share(self) -> None:
         if self.begun:
             self._frame(("commit",))
         self._close()
@@ -215,9 +214,9 @@ class _Aborted(Exception):
 
 
 def _fill_from_feed(runner: Any, db: Any, registry: Any, spec: dict[str, Any]) -> int:
-    """Feed mode: apply the restore's events as they come, in ONE transaction committed
-    only on "commit", then build the indexes. Exit codes: 0 filled, 3 aborted (nothing
-    written), 4 the read models were not where the restore starts (nothing written)."""
+    """Feed mode: apply the events sent, each at its given position, in ONE transaction
+    committed only on "commit", then build the indexes. Exit codes: 0 filled, 3 the restore did not commit (nothing written), 4 the
+    read models were not where the restore starts (nothing written)."""
     from application.allocation import fewer_young_collections
     from projections.batches import Read
     from projections.event_feed import FeedItem, event_decoder
@@ -229,22 +228,19 @@ def _fill_from_feed(runner: Any, db: Any, registry: Any, spec: dict[str, Any]) -
     base = int(first[1])
     positions = {name: runner.position_of(name) for name in spec["names"]}
     if any(position != base for position in positions.values()):
-        log.warning(
-            "restore helper: read models at %s, the restore starts after %s", positions, base
-        )
+        log.warning("restore helper: read models at %s, the restore starts at %s", positions, base)
         return 4
-    runner.refuse_read_back()  # every entity starts in the feed (see AuditProjection)
+    runner.fed_by_restore()  # nothing is committed yet: every entity starts in the feed
     to_event = event_decoder(registry.mapper)
     ids: dict[int, UUID] = {}
-    position = base
+    last = base
     try:
         with fewer_young_collections(), db.transaction() as tx:
             for message in frames:
                 if message[0] == "commit":
                     break
                 events = []
-                for id_int, version, topic, state in message[1]:
-                    position += 1
+                for position, id_int, version, topic, state in message[2]:
                     oid = ids.get(id_int)
                     if oid is None:
                         if len(ids) > 100_000:
@@ -253,14 +249,15 @@ def _fill_from_feed(runner: Any, db: Any, registry: Any, spec: dict[str, Any]) -
                     events.append(
                         (position, to_event(FeedItem(position, oid, version, topic, state)))
                     )
-                if events:
-                    runner.write_in(tx, Read(events[0][0], position, len(events), events))
+                first_position = events[0][0] if events else int(message[1])
+                last = int(message[1])
+                runner.write_in(tx, Read(first_position, last, len(events), events))
             else:
                 raise _Aborted
     except _Aborted:
         log.info("restore helper: the restore did not commit; nothing written")
         return 3
-    log.info("restore helper: %d events applied to %s", position - base, spec["names"])
+    log.info("restore helper: %s filled up to %d", spec["names"], last)
     runner.build_indexes(spec["indexes"])
     return 0
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
+from uuid import UUID
 
 
 class Clock(Protocol):
@@ -135,8 +136,9 @@ class RestoreFeed(Protocol):
         """The events sent next take positions base + 1, base + 2, ... in order."""
         ...
 
-    def send(self, events: Sequence[tuple[int, int, str, bytes]]) -> None:
-        """(aggregate id as an int, version, topic, the state's transcoder JSON) each."""
+    def send(self, events: Sequence[tuple[UUID, int, str, bytes, dict[str, Any] | None]]) -> None:
+        """(aggregate id, version, topic, the state as stored, the state as the transcoder
+        decodes it - or None if not at hand) for each event, in order."""
         ...
 
     def commit(self) -> None: ...

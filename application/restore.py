@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from uuid import UUID
 
 from eventsourcing.compressor import ZlibCompressor
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent
 from eventsourcing.utils import get_topic
 
 from application.allocation import fewer_young_collections
@@ -94,8 +94,18 @@ class Restorer:
 
     def _reader(self) -> ChainReader:
         """A reader whose JSON decoder also revives the transcoder's types (datetime, UUID...)."""
+        return ChainReader(self._transcoders_decoder())
+
+    def _transcoders_decoder(self) -> json.JSONDecoder | None:
         decoder = getattr(self.app.mapper.transcoder, "decoder", None)
-        return ChainReader(decoder if isinstance(decoder, json.JSONDecoder) else None)
+        return decoder if isinstance(decoder, json.JSONDecoder) else None
+
+    def _revived(self) -> bool:
+        """Whether a verified line's state is exactly what the transcoder decodes it to (its
+        own decoder read it, and nothing but the transcoder stands between)."""
+        return type(self.app.mapper.transcoder) is JSONTranscoder and (
+            self._transcoders_decoder() is not None
+        )
 
     # -- verifying (and writing as it goes) ------------------------------------------
     @fewer_young_collections()
@@ -319,12 +329,16 @@ class Restorer:
         claims) only once every line is, so a bad file fails before the transaction ends.
         The file's events (not the claims) also go to the read models' feed, if any."""
         compress = self._compressor()
+        revived = self._revived()
         batch: list[StoredEvent] = []
-        fed: list[tuple[int, int, str, bytes]] = []
+        fed: list[tuple[UUID, int, str, bytes, dict[str, Any] | None]] = []
         for e in lines:
-            batch.append(StoredEvent(e.originator_id, e.version, e.topic, compress(e.state_json)))
+            stored = compress(e.state_json)
+            batch.append(StoredEvent(e.originator_id, e.version, e.topic, stored))
             if feed is not None:
-                fed.append((e.originator_id.int, e.version, e.topic, e.state_json))
+                fed.append(
+                    (e.originator_id, e.version, e.topic, stored, e.state if revived else None)
+                )
             if len(batch) >= self.batch:
                 if feed is not None:
                     feed.send(fed)

@@ -175,6 +175,7 @@ class AuditProjection(ViewProjection):
         self._rows: list[tuple[Any, ...]] = []
         self._cache: dict[int, _Entity] = {}  # by aggregate id (its int: UUID hashes in Python)
         self._state_at = state_at
+        self._unfed = state_at
         self.lookups = 0  # entities read back from the event store (0 during a rebuild)
 
     def schema(self) -> list[str]:
@@ -308,8 +309,13 @@ class AuditProjection(ViewProjection):
         value = fields.get(field) if field else None
         return None if value is None else str(value)
 
-    def refuse_read_back(self) -> None:
+    def fed_by_restore(self) -> None:
+        self._unfed = self._state_at
         self._state_at = _refuse_read_back
+
+    def fed_by_restore_end(self) -> None:
+        if self._state_at is _refuse_read_back:
+            self._state_at = self._unfed
 
     def _entity(self, oid: UUID, entity_type: str, version: int) -> _Entity | None:
         """An entity not in the cache: as it was before `version`, from the event store."""

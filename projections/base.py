@@ -66,9 +66,13 @@ class ViewProjection:
         never read or change what `apply` reads or changes.
         """
 
-    def refuse_read_back(self) -> None:
-        """From now on, the events applied are not in the event store yet (a restore's): a
-        read model that would read something back from it must raise instead."""
+    def fed_by_restore(self) -> None:
+        """From now on this read model is given a restore's events (see RestoreFeedRun): they are
+        not in the event store yet, so one that would read something back from it must raise
+        instead."""
+
+    def fed_by_restore_end(self) -> None:
+        """The restore's events are committed, or gone: back to normal."""
 
     def flush(self, tx: Tx) -> None:
         """Write pending rows inside the batch transaction."""

@@ -75,6 +75,31 @@ def event_decoder(mapper: Any) -> ToEvent:
     return to_event
 
 
+def event_maker(mapper: Any) -> Callable[[int, UUID, int, str, bytes, Any], Any]:
+    """Domain events for events not read from the store (a restore's): from the state the
+    transcoder already decoded where there is one (a copy: no second decode), else from the
+    state as stored, as event_decoder reads it - either way what the mapper would make."""
+    decode = event_decoder(mapper)
+    classes: dict[str, tuple[type[Any], Callable[[Any], Any]] | None] = {}
+
+    def make(position: int, oid: UUID, version: int, topic: str, stored: bytes, state: Any) -> Any:
+        if topic in classes:
+            found = classes[topic]
+        else:
+            found = classes[topic] = _fast_class(topic, UUID)
+        if state is None or found is None or "class_version" in state:
+            return decode(FeedItem(position, oid, version, topic, stored))
+        cls, convert = found
+        values = dict(state)
+        values["originator_id"] = convert(oid)
+        values["originator_version"] = version
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", values)
+        return event
+
+    return make
+
+
 def _fast_class(topic: str, id_type: type[Any]) -> tuple[type[Any], Callable[[Any], Any]] | None:
     try:
         cls = resolve_topic(topic)

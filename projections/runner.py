@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
+from uuid import UUID
 
 from eventsourcing.utils import resolve_topic
 
@@ -17,7 +18,7 @@ from application.ports import RestoreFeed
 from projections.base import Handler, ViewProjection
 from projections.batches import Batch, Read, RecordedWrites, succeeded
 from projections.db import Tx, ViewDb
-from projections.event_feed import bucket_counts_for, event_decoder, feed_for
+from projections.event_feed import bucket_counts_for, event_decoder, event_maker, feed_for
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ SAVE_POSITION = (
 
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
 BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
+FEED_LOCK_SECONDS = 30.0  # a restore waits this long for a batch in progress to end
 _AWAY = sys.maxsize  # "applied" position of a read model a helper process is filling
 
 
@@ -51,8 +53,22 @@ class HelperRun(Protocol):
         ...
 
 
-class FeedRun(RestoreFeed, HelperRun, Protocol):
-    """A helper filled by a restore (RestoreFeed, the restore's side), run by this runner."""
+class FeedRun(HelperRun, Protocol):
+    """A helper process filled from a restore: the feed's side (begin, send_share,
+    commit_share, abort) and the runner's (running, wait, end)."""
+
+    def begin(self, base: int) -> None: ...
+
+    def send_share(self, last: int, events: Sequence[tuple[int, int, int, str, bytes]]) -> None:
+        """Its share of a batch that ends at position `last`: (position, aggregate id as an
+        int, version, topic, state as stored) each; its read models move on to `last`."""
+        ...
+
+    def commit_share(self) -> None:
+        """The restore has committed: commit."""
+        ...
+
+    def abort(self) -> None: ...
 
     def running(self) -> bool: ...
 
@@ -73,8 +89,8 @@ class Helpers(Protocol):
 
     def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedRun:
         """Start a helper that fills `names` (empty, at the position the restore starts
-        from) from a restore's events as they are sent, commits after the restore did, then
-        builds `indexes`."""
+        from) from the restore's events it is sent, commits only when told to (after the
+        restore did), then builds `indexes`."""
         ...
 
     def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperRun:
@@ -114,7 +130,11 @@ class ProjectionRunner:
         self.bulk_from_zero = bulk_from_zero
         self.helpers = helpers
         self._away: set[str] = set()  # read models a helper process is filling right now
-        self._feed: tuple[FeedRun, list[str], list[str]] | None = None  # (run, names, indexes)
+        self._feed: tuple[RestoreFeedRun, list[str], list[str]] | None = None  # names, indexes
+        self._feed_tx: tuple[Any, Tx] | None = None  # this process's share of a restore
+        self._feed_moved: set[str] = set()
+        self._feed_last = 0
+        self._feed_size = 0
         self.poll_interval = poll_interval
         self._positions: dict[str, int] = {}  # committed
         self._applied: dict[str, int] = {}  # applied in memory (>= committed)
@@ -144,6 +164,7 @@ class ProjectionRunner:
             None  # prefetch work, during catch-up  # reader + writer of the catch-up pipeline
         )
         self.processed = 0
+        self.fed = 0  # events applied from a restore's feed rather than read from the log
         self.error: BaseException | None = None
         if setup:  # not in a helper process: the tables are the parent's (indexes dropped)
             self._create_schema()
@@ -288,11 +309,11 @@ class ProjectionRunner:
             for method, args in batch.writes.calls:
                 getattr(tx, method)(*args)
 
-    def refuse_read_back(self) -> None:
-        """The events applied from here on are not committed yet: no read model may read
-        anything back from the event store (one that would needs to fail instead)."""
+    def fed_by_restore(self) -> None:
+        """The events applied from here on are a restore's, handed in (write_in): see
+        ViewProjection.fed_by_restore."""
         for projection in self.projections:
-            projection.refuse_read_back()
+            projection.fed_by_restore()
 
     def run_once(self) -> int:
         """Process one batch; returns how many notifications were read."""
@@ -312,7 +333,7 @@ class ProjectionRunner:
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
         with self._lock:
-            self._finish_feed(None, wait=False)
+            self._finish_feed(stop)
             if self._empty_and_far_behind():
                 here = [p for p in self.projections if p.name not in self._away]
                 return self._bulk(here, stop)
@@ -334,7 +355,7 @@ class ProjectionRunner:
         helped = [p.name for p in among if self.helpers and p.name in self.helpers.names]
         with self._indexes_built_at_the_end(among):
             total = self._with_helper(helped, stop) + self._pipeline(stop)
-            self._finish_feed(stop, wait=True)  # a restore's feed: its read models come back
+            self._finish_feed(stop)  # a restore's feed: its read models come back
             return total
 
     def _with_helper(self, names: list[str], stop: threading.Event | None) -> int:
@@ -507,12 +528,11 @@ class ProjectionRunner:
 
     def expect(self, events: int) -> RestoreFeed | None:
         """See ProjectionSync.expect. When those events will make a bulk catch-up from zero
-        with a helper, the helper takes its read models' whole group (the audit trail, both
-        shares) from the restore's own events as they are written: it decodes and applies
-        them on the other core while this process verifies and writes, and commits after the
-        restore (see adapters/catch_up_helper.py). This runner leaves those read models to it
-        until it has ended, then reloads their positions from the tables - whatever the
-        helper committed, or not - and catches up from there as usual."""
+        with a helper, the read models fill from the restore's own events as they are
+        written (see RestoreFeedRun): the helper takes its read models' whole group (the
+        audit trail, both shares) on the other core, and this process the rest, from the
+        states the restore has already decoded. Nothing is read back from the event store,
+        and nothing is decoded twice."""
         if self.helpers is None or not self._empty_and_far_behind(events):
             return None
         with self._lock:
@@ -521,36 +541,106 @@ class ProjectionRunner:
             helped = {_group(p) for p in self.projections if p.name in self.helpers.names}
             chosen = [p for p in self.projections if _group(p) in helped]
             names = [p.name for p in chosen]
+            indexes: list[str] = []
             try:
                 indexes = self._drop_indexes(chosen)  # empty tables: instant
-                feed = self.helpers.feed(names, indexes)
+                run = self.helpers.feed(names, indexes)
             except Exception:  # noqa: BLE001 - the read models still fill, after the restore
                 log.exception("could not start a helper for the restore's read models")
+                self._missing_indexes.extend(indexes)
                 return None
+            feed = RestoreFeedRun(self, run, event_maker(self.app.mapper))
             self._feed = (feed, names, indexes)
             self._away.update(names)
             for name in names:
                 self._applied[name] = _AWAY
             return feed
 
-    def _finish_feed(self, stop: threading.Event | None, wait: bool) -> None:
-        """Take back the read models a restore's feed filled, once its helper has ended (if
-        `wait`, wait for that): their positions are what it committed (nothing, if the
-        restore or the helper failed); indexes it did not build are built on the next
-        catch-up."""
+    def _finish_feed(self, stop: threading.Event | None) -> None:
+        """Take back the read models a restore's feed gave its helper, once the restore is
+        done with the feed (waiting for the helper to end then): their positions are what it
+        committed (nothing, if the restore or the helper failed); indexes it did not build
+        are built on the next catch-up. Never waits while the restore still runs: its
+        helper waits for the restore."""
         if self._feed is None:
             return
         feed, names, indexes = self._feed
-        if not wait and feed.running():
+        if not feed.closed:
             return
         try:
-            if wait and not feed.wait(stop):
+            if not feed.run.wait(stop):
                 log.warning("the restore's read-model helper did not finish %s", names)
         finally:
             self._feed = None
             self._away.difference_update(names)
             self._missing_indexes.extend(indexes)  # IF NOT EXISTS: the helper's stay as they are
             self._reload(names)
+
+    # -- a restore's own read models (see RestoreFeedRun) ------------------------------
+    def _feed_begin(self, base: int) -> Tx | None:
+        """Called by the restore's thread, the event store locked: this process's read
+        models must be exactly at `base` (a fresh store's are); the runner's lock is held
+        until _feed_end. Returns the transaction they fill in, or None (then they catch up
+        after the restore, as usual)."""
+        if not self._lock.acquire(timeout=FEED_LOCK_SECONDS):
+            log.warning("restore: the projection runner is busy; read models catch up after")
+            return None
+        try:
+            here = [p for p in self.projections if p.name not in self._away]
+            if any(self._applied[p.name] != base for p in here):
+                self._lock.release()
+                return None
+            self._missing_indexes.extend(self._drop_indexes(here))
+            for projection in here:
+                projection.fed_by_restore()
+            context = self.db.transaction()
+            tx: Tx = context.__enter__()
+            self._feed_tx = (context, tx)
+            return tx
+        except BaseException:
+            self._reload()
+            self._lock.release()
+            raise
+
+    def _feed_apply(self, read: Read) -> None:
+        assert self._feed_tx is not None
+        if self._prefetching:
+            self._prefetch(read.events)
+        batch = self._apply(read)
+        for method, args in batch.writes.calls:
+            getattr(self._feed_tx[1], method)(*args)
+        self._feed_moved.update(p.name for p in batch.moved)
+        self._feed_last = batch.last
+        self._feed_size += batch.size
+        self.fed += batch.size
+
+    def _feed_end(self, commit: bool) -> None:
+        """Commit (after the restore's own commit) or roll back, and let the runner go."""
+        context, _ = self._feed_tx or (None, None)
+        self._feed_tx = None
+        try:
+            if context is not None:
+                if commit:
+                    context.__exit__(None, None, None)
+                else:
+                    context.__exit__(RuntimeError, RuntimeError("the restore failed"), None)
+        except BaseException:
+            commit = False
+            raise
+        finally:
+            try:
+                for projection in self.projections:
+                    projection.fed_by_restore_end()
+                moved = [p for p in self.projections if p.name in self._feed_moved]
+                if not commit:
+                    self._reload()  # rolled back: in-memory state from the tables
+                elif moved:
+                    batch = Batch(RecordedWrites(), moved, self._feed_last, self._feed_size)
+                    self._committed(batch)
+                    self._build_missing_indexes()
+            finally:
+                self._feed_moved, self._feed_last, self._feed_size = set(), 0, 0
+                self._lock.release()
 
     # -- background ---------------------------------------------------------
     def poke(self, _position: int = 0) -> None:
@@ -582,8 +672,9 @@ class ProjectionRunner:
             self.helpers.close()
         with self._lock:
             if self._feed is not None:
-                self._feed[0].end()
-                self._finish_feed(None, wait=False)
+                self._feed[0].run.end()
+                self._feed[0].closed = True
+                self._finish_feed(None)
             if self._io is not None:
                 self._io.shutdown(wait=True)
                 self._io = None
@@ -601,3 +692,77 @@ class ProjectionRunner:
                 self.error = exc
             self._wake.wait(self.poll_interval)
             self._wake.clear()
+
+
+class RestoreFeedRun:
+    """A restore's events, applied as they are written (application.ports.RestoreFeed).
+
+    The helper process gets every event for its read models (the audit trail), this process
+    applies its own read models to the events the restore has already decoded, each in ONE
+    transaction of its own that commits only after the restore's (commit), never after
+    abort. If either side fails or cannot start, its read models stay where they were and
+    catch up from the event store after the restore: a feed only ever saves time."""
+
+    def __init__(self, runner: ProjectionRunner, run: FeedRun, make_event: Any) -> None:
+        self.runner = runner
+        self.run = run
+        self.make_event = make_event
+        self.closed = False  # the restore is done with it (committed or not)
+        self.position = 0
+        self._here = False  # this process's read models are being filled
+        self._wanted: dict[str, bool] = {}
+
+    def begin(self, base: int) -> None:
+        self.position = base
+        self.run.begin(base)
+        try:
+            self._here = self.runner._feed_begin(base) is not None
+        except Exception:  # noqa: BLE001 - they catch up after the restore
+            log.exception("restore: this process's read models catch up after it")
+
+    def send(self, events: Sequence[tuple[UUID, int, str, bytes, Any]]) -> None:
+        first = self.position + 1
+        last = self.position = self.position + len(events)
+        self.run.send_share(
+            last,
+            [
+                (position, e[0].int, e[1], e[2], e[3])
+                for position, e in enumerate(events, start=first)
+            ],
+        )
+        if not self._here:
+            return
+        try:
+            wanted = self._wanted
+            make = self.make_event
+            mine: list[tuple[int, Any]] = []
+            for position, (oid, version, topic, stored, state) in enumerate(events, start=first):
+                needed = wanted.get(topic)
+                if needed is None:
+                    needed = wanted[topic] = self.runner._handled(topic)
+                if needed:
+                    mine.append((position, make(position, oid, version, topic, stored, state)))
+            self.runner._feed_apply(Read(first, last, len(events), mine))
+        except Exception:  # noqa: BLE001 - they catch up after the restore
+            log.exception("restore: this process's read models catch up after it")
+            self._here = False
+            self.runner._feed_end(commit=False)
+
+    def commit(self) -> None:
+        """The restore has committed: so do both sides. Never raises (the restore's events
+        are in): a side that cannot commit catches up after."""
+        self.closed = True
+        self.run.commit_share()
+        if self._here:
+            self._here = False
+            try:
+                self.runner._feed_end(commit=True)
+            except Exception:  # noqa: BLE001 - see above
+                log.exception("restore: this process's read models catch up after it")
+
+    def abort(self) -> None:
+        self.closed = True
+        self.run.abort()
+        if self._here:
+            self._here = False
+            self.runner._feed_end(commit=False)

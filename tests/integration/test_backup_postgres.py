@@ -107,9 +107,10 @@ class TestRestoreFedOnPostgres(TestBackupOnPostgres):
         self, cw: Certwarden, target: Certwarden
     ) -> None:
         made = populate(cw)
-        restore_into(target, backup_of(cw, made["org"]))
+        plan, _ = restore_into(target, backup_of(cw, made["org"]))
         (fed,) = self.feeds(target)
         assert fed.process.returncode == 0 and not fed.failed  # it filled and committed
+        assert target.runner.fed == plan.restored  # and this process filled the rest
         expected = read_models(cw, made["org"])
         assert read_models(target, made["org"]) == expected
         head = target.registry.max_position()
@@ -150,15 +151,15 @@ class TestRestoreFedOnPostgres(TestBackupOnPostgres):
         made = populate(cw)
         restorer = services(target)[1]
         restorer.batch = 4
-        sent = FeedProcess.send
+        sent = FeedProcess.send_share
 
-        def send_then_die(self: FeedProcess, events: Any) -> None:
-            sent(self, events)
+        def send_then_die(self: FeedProcess, last: int, events: Any) -> None:
+            sent(self, last, events)
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
 
-        monkeypatch.setattr(FeedProcess, "send", send_then_die)
+        monkeypatch.setattr(FeedProcess, "send_share", send_then_die)
         restorer.restore(io.BytesIO(backup_of(cw, made["org"])))
         (fed,) = self.feeds(target)
         assert fed.failed and fed.process.returncode != 0
@@ -190,7 +191,7 @@ def test_a_helper_that_takes_nothing_is_ended_and_never_blocks_the_restore(
     feed.begin(0)
     started = time.monotonic()
     for _ in range(100):  # ~6 MB: far more than a pipe holds
-        feed.send([(n, 1, "t", b"x" * 600) for n in range(100)])
+        feed.send_share(100, [(n, n, 1, "t", b"x" * 600) for n in range(100)])
     assert time.monotonic() - started < 10
     assert feed.failed
     assert stuck.wait(timeout=5) != 0
