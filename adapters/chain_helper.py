@@ -157,7 +157,7 @@ def main() -> int:
     if spec is None:
         return ABORTED
     settings = json.loads(spec)
-    run = LocalChainRun(settings["prev"], int(settings["level"]), Out())  # type: ignore[arg-type]
+    run = LocalChainRun(settings["prev"], int(settings["level"]), Out(), threaded=True)  # type: ignore[arg-type]
     while (chunk := frame()) is not None:
         if not chunk:  # the end
             count, prev = run.finish()

@@ -178,7 +178,7 @@ class ChainWriter:
         prev = self.prev.encode()
         out: list[bytes] = []
         append = out.append
-        for before, after in zip(parts, parts):
+        for before, after in zip(parts, parts, strict=False):  # the empty end is left over
             head = before + prev + after
             # chained: SHA-256 of prev + body, the body being head + "}" (the line puts its
             # hash before that brace); concatenation and hexlify: ~15% off the loop
@@ -216,24 +216,49 @@ def gzip_member(lines: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[byt
 
 
 class LocalChainRun:
-    """The chain and the gzip in this process (what a helper process runs, see adapters)."""
+    """The chain and the gzip in this process (what a helper process runs, see adapters).
 
-    def __init__(self, prev: str, level: int, sink: BinaryIO) -> None:
+    `threaded`: the gzip (ISA-L releases the GIL) and the writes run on a worker thread, in
+    order, at most two chunks behind the chain (the helper process does this: its chain loop
+    is the backup's slowest stage). Only for a sink that may be written from another thread."""
+
+    def __init__(self, prev: str, level: int, sink: BinaryIO, threaded: bool = False) -> None:
         self.writer = ChainWriter(prev=prev)
         self.packer = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
         self.sink = sink
+        self._worker = ThreadPoolExecutor(1, "backup-gzip") if threaded else None
+        self._pending: deque[Future[None]] = deque()
 
-    def feed(self, templates: bytes) -> None:
-        if out := self.packer.compress(self.writer.chain(templates)):
+    def _pack(self, lines: bytes) -> None:
+        if out := self.packer.compress(lines):
             self.sink.write(out)
 
+    def feed(self, templates: bytes) -> None:
+        lines = self.writer.chain(templates)
+        if self._worker is None:
+            self._pack(lines)
+            return
+        while len(self._pending) >= 2 or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()  # in order; raises what the worker raised
+        self._pending.append(self._worker.submit(self._pack, lines))
+
     def finish(self) -> tuple[int, str]:
-        count = self.writer.count
-        self.sink.write(self.packer.compress(self.writer.trailer()) + self.packer.flush())
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+            count = self.writer.count
+            self.sink.write(self.packer.compress(self.writer.trailer()) + self.packer.flush())
+        finally:
+            self.abort()
         return count, self.writer.prev
 
     def abort(self) -> None:
-        return None
+        if self._worker is not None:
+            for job in self._pending:
+                job.cancel()
+            self._worker.shutdown(wait=True)
+            self._worker = None
+            self._pending.clear()
 
 
 def read_ahead(source: Iterator[T], depth: int = 2) -> Iterator[T]:
