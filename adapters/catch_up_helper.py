@@ -9,6 +9,15 @@ positions in its own transactions (different rows of `projection_tracking`), so 
 model is still written exactly once; the runner takes them back afterwards at whatever
 position was committed.
 
+Feed mode (a restore into a new store, see projections.runner.RestoreFeedRun): the helper
+takes the audit trail's whole group and is sent the restore's events as they are verified -
+frames of (position, id, version, topic, stored state), marshal over its stdin - before they
+are committed. It applies them in ONE transaction, reads nothing back from the event store,
+and commits only on the "commit" frame, which the restore sends after its own commit; end of
+input without it rolls everything back. Then it builds the trail's indexes and exits 0 (3: the
+restore did not commit; 4: its read models were not where the restore started). The restore
+never waits on it for long: a helper that takes no input for STALL_SECONDS is killed.
+
 The child is a plain interpreter (`python -m adapters.catch_up_helper`, no fork: the parent
 runs threads). It reads its spec from stdin - event-store environment, view database, read
 model names - never from its command line (a database password must not show in `ps`). It

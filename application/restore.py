@@ -13,7 +13,11 @@ conflict raises inside the transaction, which then rolls back: a refused restore
 report of every conflict, leaves nothing written. Shared claims are never copied verbatim
 (their version history interleaves other organizations'): restore writes a fresh claim
 (Reservation.Claimed, or Reclaimed on a released one) last in the same transaction. Read models
-then catch up on the appended events. `verify` is the same reading without a transaction.
+follow: where the projection runner offers a feed (ProjectionSync.expect: a new PostgreSQL
+store), each event to restore is sent to it as it is written, and the feed commits its read
+models only after this transaction has (RestoreFeed.commit), or never (abort); otherwise, and
+for whatever the feed did not fill, they catch up on the appended events. `verify` is the same
+reading without a transaction.
 """
 
 from __future__ import annotations
