@@ -23,11 +23,14 @@ transaction on the recorder's own datastore and feed it batch after batch:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1000
 PAGE = 5000
@@ -139,10 +142,13 @@ class PostgresBulkStore:
                     curs.execute(
                         "SELECT setval(%s::regclass, %s)", (sequence_name, first + count - 1)
                     )
-        with self.recorder.datastore.get_connection() as conn:
-            # statistics for the new rows now: readers page with "> n ORDER BY ... LIMIT", which
-            # PostgreSQL plans as a full sort until it knows the table (measured: O(n^2))
-            conn.execute(SQL("ANALYZE {}").format(self._table()))
+        try:  # committed: from here on nothing may fail the restore
+            with self.recorder.datastore.get_connection() as conn:
+                # statistics for the new rows now: readers page with "> n ORDER BY ... LIMIT",
+                # which PostgreSQL plans as a full sort until it knows the table (O(n^2))
+                conn.execute(SQL("ANALYZE {}").format(self._table()))
+        except Exception:  # noqa: BLE001 - autovacuum analyzes it later
+            log.exception("restore: ANALYZE of the event table failed (the events are in)")
         return count
 
 

@@ -158,6 +158,7 @@ class FeedProcess(HelperProcess):
         super().__init__(process)
         self.begun = False
         self.failed = False
+        self._pipe = threading.Lock()
 
     def begin(self, base: int) -> None:
         self._frame(("begin", base))
@@ -185,25 +186,27 @@ class FeedProcess(HelperProcess):
     def _frame(self, message: tuple[Any, ...]) -> None:
         """Write one message; a helper that takes nothing for STALL_SECONDS is ended (the
         restore holds the event store's lock: it must never wait on a stuck helper)."""
-        if self.failed or self.process.stdin is None:
-            return
         data = marshal.dumps(message)
         view = memoryview(len(data).to_bytes(4, "big") + data)
-        fd = self.process.stdin.fileno()
-        try:
-            while view:
-                _, writable, _ = select.select([], [fd], [], STALL_SECONDS)
-                if not writable:
-                    log.warning("restore helper %s takes nothing: ended", self.process.pid)
-                    self.failed = True
-                    self.process.kill()
-                    return
-                view = view[os.write(fd, view[:PIPE_BYTES]) :]
-        except OSError:  # the helper is gone: its exit code tells the runner
-            self.failed = True
+        with self._pipe:  # (the runner may end the helper from another thread)
+            if self.failed or self.process.stdin is None or self.process.stdin.closed:
+                return
+            fd = self.process.stdin.fileno()
+            writable = select.poll()  # (any descriptor number, unlike select.select)
+            writable.register(fd, select.POLLOUT)
+            try:
+                while view:
+                    if not writable.poll(STALL_SECONDS * 1000):
+                        log.warning("restore helper %s takes nothing: ended", self.process.pid)
+                        self.failed = True
+                        self.process.kill()
+                        return
+                    view = view[os.write(fd, view[:PIPE_BYTES]) :]
+            except OSError:  # the helper is gone: its exit code tells the runner
+                self.failed = True
 
     def _close(self) -> None:
-        with contextlib.suppress(OSError):
+        with self._pipe, contextlib.suppress(OSError):
             if self.process.stdin is not None:
                 self.process.stdin.close()
 

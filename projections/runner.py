@@ -132,6 +132,7 @@ class ProjectionRunner:
         self._away: set[str] = set()  # read models a helper process is filling right now
         self._feed: tuple[RestoreFeedRun, list[str], list[str]] | None = None  # names, indexes
         self._feed_tx: tuple[Any, Tx] | None = None  # this process's share of a restore
+        self._stale = False  # in-memory state must be reloaded before the next batch
         self._feed_moved: set[str] = set()
         self._feed_last = 0
         self._feed_size = 0
@@ -333,10 +334,13 @@ class ProjectionRunner:
     def catch_up(self, stop: threading.Event | None = None) -> int:
         """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
         with self._lock:
+            if self._stale:
+                self._reload()
+                self._stale = False
             self._finish_feed(stop)
-            if self._empty_and_far_behind():
-                here = [p for p in self.projections if p.name not in self._away]
-                return self._bulk(here, stop)
+            empty = self._empty_and_far_behind_ones()
+            if empty:
+                return self._bulk(empty, stop)
             return self._pipeline(stop)
 
     def follow_to_end(self, stop: threading.Event | None = None) -> int:
@@ -517,6 +521,17 @@ class ProjectionRunner:
             return False
         return True
 
+    def _empty_and_far_behind_ones(self) -> list[ViewProjection]:
+        """The read models still empty, if a long log is behind them: all of them on a first
+        start or after a restore into a new store; the audit trail alone after a restore
+        whose feed filled everything but it (a helper that failed)."""
+        empty = [
+            p for p in self.projections if p.name not in self._away and not self._applied[p.name]
+        ]
+        if not empty or int(self.app.recorder.max_notification_id() or 0) < self.bulk_from_zero:
+            return []
+        return empty
+
     def _empty_and_far_behind(self, coming: int = 0) -> bool:
         """Every read model empty and a long log to read (counting `coming` events about to
         be appended): a first start on an existing store, or the catch-up after restoring
@@ -598,8 +613,21 @@ class ProjectionRunner:
             self._feed_tx = (context, tx)
             return tx
         except BaseException:
+            try:
+                for projection in self.projections:
+                    projection.fed_by_restore_end()
+                self._reload_or_later()
+            finally:
+                self._lock.release()
+            raise
+
+    def _reload_or_later(self) -> None:
+        """_reload, or if the tables cannot be read now, on the next catch-up (before it
+        reads anything: memory may hold what was never committed)."""
+        try:
             self._reload()
-            self._lock.release()
+        except Exception:
+            self._stale = True
             raise
 
     def _feed_apply(self, read: Read) -> None:
@@ -633,7 +661,7 @@ class ProjectionRunner:
                     projection.fed_by_restore_end()
                 moved = [p for p in self.projections if p.name in self._feed_moved]
                 if not commit:
-                    self._reload()  # rolled back: in-memory state from the tables
+                    self._reload_or_later()  # rolled back: in-memory state from the tables
                 elif moved:
                     batch = Batch(RecordedWrites(), moved, self._feed_last, self._feed_size)
                     self._committed(batch)
@@ -745,24 +773,27 @@ class RestoreFeedRun:
             self.runner._feed_apply(Read(first, last, len(events), mine))
         except Exception:  # noqa: BLE001 - they catch up after the restore
             log.exception("restore: this process's read models catch up after it")
-            self._here = False
-            self.runner._feed_end(commit=False)
+            self._end_here(commit=False)
 
     def commit(self) -> None:
         """The restore has committed: so do both sides. Never raises (the restore's events
         are in): a side that cannot commit catches up after."""
         self.closed = True
         self.run.commit_share()
-        if self._here:
-            self._here = False
-            try:
-                self.runner._feed_end(commit=True)
-            except Exception:  # noqa: BLE001 - see above
-                log.exception("restore: this process's read models catch up after it")
+        self._end_here(commit=True)
 
     def abort(self) -> None:
         self.closed = True
         self.run.abort()
-        if self._here:
-            self._here = False
-            self.runner._feed_end(commit=False)
+        self._end_here(commit=False)
+
+    def _end_here(self, commit: bool) -> None:
+        """This process's side: commit or roll back, and never raise into the restore (its
+        own outcome is decided by then; these read models catch up after it if need be)."""
+        if not self._here:
+            return
+        self._here = False
+        try:
+            self.runner._feed_end(commit)
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("restore: this process's read models catch up after it")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -180,3 +181,60 @@ def _raised(call: Any, *args: Any) -> BaseException:
     except Exception as exc:  # noqa: BLE001 - returned for the comparison
         return exc
     raise AssertionError("expected an error")
+
+
+def test_an_entity_that_left_the_cache_fails_a_restore_s_feed_rather_than_guess(
+    cw: Certwarden,
+) -> None:
+    from projections.audit import SHARES, AuditProjection, AuditSplit, ReadBackRefused
+
+    org = cw.registry.create_organization("o", ADMIN).uid
+    user = cw.registry.create_user(org, "u1", "viewer", ADMIN)
+    cw.registry.change_user_role(org, str(user.id), "admin", ADMIN)
+    notifications = cw.registry.recorder.select_notifications(start=1, limit=100)
+    events = [(n.id, cw.registry.mapper.to_domain_event(n)) for n in notifications]
+    split = AuditSplit()
+    split.near = 0  # every entity is this share's
+    share = AuditProjection(SHARES[0], split, cw.registry.state_at)
+    share.fed_by_restore()
+    first_of_user = next(i for i, (_, e) in enumerate(events) if e.originator_id == user.id)
+    for position, event in events[: first_of_user + 1]:
+        share.apply(event, position)
+    share._cache.clear()  # as if 50,000 other entities had gone through meanwhile
+    later = [(p, e) for p, e in events[first_of_user + 1 :] if e.originator_id == user.id]
+    assert later
+    with pytest.raises(ReadBackRefused):
+        share.apply(later[0][1], later[0][0])
+    share.fed_by_restore_end()  # after the restore: read back from the store as usual
+    share.apply(later[0][1], later[0][0])
+    assert share.lookups == 2
+
+
+def test_a_restore_feed_that_cannot_begin_lets_the_runner_go(
+    cw: Certwarden, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = cw.runner
+
+    def broken(*_: Any) -> Any:
+        raise OSError("view database gone")
+
+    monkeypatch.setattr(runner.db, "transaction", broken)
+    monkeypatch.setattr(runner.db, "query", broken)  # and its state cannot be reloaded now
+    with pytest.raises(OSError):
+        runner._feed_begin(runner.position)
+    assert runner._stale  # reloaded before the next batch
+    released = []
+
+    def other() -> None:  # (the lock is reentrant: only another thread can tell)
+        released.append(runner._lock.acquire(timeout=2))
+        runner._lock.release()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert released == [True]
+    monkeypatch.undo()
+    org = cw.registry.create_organization("after", ADMIN).uid
+    cw.sync()
+    assert not runner._stale
+    assert cw.db.query("SELECT 1 FROM audit_trail WHERE entity_id = ?", (org,))
