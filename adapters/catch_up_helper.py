@@ -58,26 +58,12 @@ class ProcessHelpers:
 
     def __init__(self, eventsourcing_env: dict[str, str], conninfo: str, schema: str) -> None:
         self._spec = {"env": eventsourcing_env, "conninfo": conninfo, "schema": schema}
-        self._warm: subprocess.Popen[bytes] | None = None  # started ahead, waiting for a spec
-        self._lock = threading.Lock()
-
-    def warm(self) -> None:
-        with self._lock:
-            if self._warm is None or self._warm.poll() is not None:
-                self._warm = spawn_module(__name__, stdin=subprocess.PIPE)
 
     def close(self) -> None:
-        with self._lock:
-            process, self._warm = self._warm, None
-        if process is not None:
-            _dismiss(process)
+        return None  # each helper ends with its catch-up
 
     def _process(self) -> subprocess.Popen[bytes]:
-        with self._lock:
-            process, self._warm = self._warm, None
-        if process is None or process.poll() is not None:
-            process = spawn_module(__name__, stdin=subprocess.PIPE)
-        return process
+        return spawn_module(__name__, stdin=subprocess.PIPE)
 
     def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedProcess:
         process = self._process()
@@ -109,17 +95,6 @@ class ProcessHelpers:
             raise
         log.info("catch-up helper %s fills %s", process.pid, ", ".join(names))
         return HelperProcess(process)
-
-
-def _dismiss(process: subprocess.Popen[bytes]) -> None:
-    """End a helper that never got its spec: end of input tells it there is nothing to do."""
-    try:
-        if process.stdin is not None:
-            process.stdin.close()
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except (OSError, subprocess.TimeoutExpired):
-        process.kill()
-        process.wait()
 
 
 class HelperProcess:
@@ -290,7 +265,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     raw = sys.stdin.buffer.readline()
     if not raw.strip():
-        return 0  # started ahead of time and dismissed unused
+        return 0  # no work: the parent gave up before sending it
     spec: dict[str, Any] = json.loads(raw)
     # the tables exist (the parent made them), and a restore may hold the event store's lock
     registry = Registry(env={**spec["env"], "CREATE_TABLE": "no"})

@@ -80,11 +80,6 @@ class Helpers(Protocol):
 
     names: Sequence[str]  # the read models a helper takes
 
-    def warm(self) -> None:
-        """Start the next helper's interpreter now (it imports, then waits for its work), so
-        that a catch-up soon after does not wait for it. Unused, it ends with close()."""
-        ...
-
     def close(self) -> None: ...
 
     def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedRun:

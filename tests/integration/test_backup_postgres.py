@@ -70,9 +70,6 @@ class Feeds:
         self.names = real.names
         self.fed: list[FeedProcess] = []
 
-    def warm(self) -> None:
-        self.real.warm()
-
     def close(self) -> None:
         self.real.close()
 

@@ -52,9 +52,6 @@ class Counting:
         self.names = real.names
         self.started: list[list[str]] = []
 
-    def warm(self) -> None:
-        self.real.warm()
-
     def close(self) -> None:
         self.real.close()
 
@@ -65,10 +62,7 @@ class Counting:
 
 
 class NoSpare:
-    """Helpers that never start one ahead of time."""
-
-    def warm(self) -> None:
-        return None
+    """Helpers with nothing to close."""
 
     def close(self) -> None:
         return None
@@ -182,22 +176,3 @@ def test_a_helper_ended_midway_leaves_its_share_behind_and_this_process_catches_
 
     rebuild_with(cw, EndedMidway())
     assert 0 < EndedMidway.committed < cw.registry.max_position()
-
-
-def test_a_helper_started_ahead_does_the_next_catch_up_and_an_unused_one_just_ends(
-    cw: Certwarden,
-) -> None:
-    helpers = cw.runner.helpers
-    assert isinstance(helpers, ProcessHelpers)
-    helpers.warm()
-    spare = helpers._warm
-    assert spare is not None and spare.poll() is None  # waiting for its work
-    counting = Counting(helpers)
-    rebuild_with(cw, counting)
-    assert counting.started == [["audit"]]
-    assert spare.poll() == 0  # it was the helper: it filled its share and ended
-    helpers.warm()
-    unused = helpers._warm
-    assert unused is not None and unused is not spare
-    helpers.close()
-    assert unused.returncode == 0 and helpers._warm is None
