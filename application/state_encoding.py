@@ -61,7 +61,12 @@ def fast_decoder(transcoder: Any) -> Callable[[bytes], Any] | None:
     does ({"_type_": name, "_data_": value} -> the registered transcoding's decode). Whatever
     orjson might read differently from `json` - any float (an integer over 64 bits comes out
     of orjson as one), NaN, a lone surrogate, deep nesting - and any error goes to the
-    transcoder itself, so the result (or the exception) is always the library's own."""
+    transcoder itself, so the result (or the exception) is always the library's own.
+    One difference is left: with a key repeated in one object, orjson keeps the last value
+    without looking at the first, where the library's hook also decodes (and may reject) the
+    first. The transcoder never writes repeated keys, and a restore verifies every state
+    with the library's own decoder, so stored states have none; this is for reading stored
+    states, not for verifying untrusted input."""
     if type(transcoder) is not JSONTranscoder:
         return None
     names = transcoder.names
