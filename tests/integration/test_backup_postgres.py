@@ -17,9 +17,9 @@ from adapters import catch_up_helper
 from adapters.backup_file import services
 from adapters.catch_up_helper import FeedProcess
 from application.backup_format import BackupFormatError
-from application.bootstrap import Certwarden
+from application.bootstrap import Certwarden, bootstrap
 from domain.errors import Conflict
-from tests.conftest import index_names
+from tests.conftest import drop_schema, index_names, make_settings
 from tests.unit import test_audit_trail, test_backup
 from tests.unit.test_backup import backup_of, other_store, populate, read_models, restore_into
 
@@ -175,6 +175,33 @@ class TestRestoreFedOnPostgres(TestBackupOnPostgres):
         assert read_models(target, made["org"]) == read_models(cw, made["org"])
         head = target.registry.max_position()
         assert target.runner.position_of("audit") == head
+
+
+def test_a_restore_into_a_running_server_is_fed_beside_its_runner_thread(
+    cw: Certwarden, tmp_path: Path
+) -> None:
+    """The server's shape: the runner follows the log in its own thread meanwhile."""
+    made = populate(cw)
+    data = backup_of(cw, made["org"])
+    settings = make_settings("postgres", tmp_path / "server")
+    server = bootstrap(settings)
+    try:
+        server.runner.bulk_from_zero = 1
+        server.runner.poll_interval = 0.01  # it keeps trying to catch up all along
+        server.start(background=True)
+        feeds = Feeds(server.runner.helpers)
+        server.runner.helpers = feeds
+        plan, _ = restore_into(server, data)
+        assert feeds.fed and feeds.fed[0].process.returncode == 0
+        assert server.runner.fed == plan.restored
+        server.sync()
+        assert read_models(server, made["org"]) == read_models(cw, made["org"])
+        org = server.registry.create_organization("after", test_backup.ADMIN).uid
+        server.sync()  # and it goes on following the log
+        assert server.audit.query(org)[0]
+    finally:
+        server.close()
+        drop_schema(settings)
 
 
 def test_a_helper_that_takes_nothing_is_ended_and_never_blocks_the_restore(
