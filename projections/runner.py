@@ -26,15 +26,36 @@ TRACKING = (
     "CREATE TABLE IF NOT EXISTS projection_tracking ("
     " name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 )
-SAVE_POSITION = (
+# A read model's position moves on only from where this runner had it: another process
+# writing the same read models (a CLI restore beside a running server, say) has moved it
+# first, and the batch rolls back instead of applying those events a second time.
+ADVANCE = (
     "INSERT INTO projection_tracking (name, position) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+    " WHERE projection_tracking.position = ? RETURNING position"
 )
+
+
+class MovedElsewhere(Exception):
+    """A read model's tracking position is not where this runner had it: someone else
+    applied those events. The batch rolls back; the runner reloads and carries on from there."""
+
+
+def write_batch(tx: Tx, writes: RecordedWrites) -> None:
+    """A batch's writes in `tx`, its positions first (compare-and-set, see ADVANCE)."""
+    for method, args in writes.calls:
+        if method == "advance":
+            for name, before, after in args[0]:
+                if not tx.execute(ADVANCE, (name, after, before)):
+                    raise MovedElsewhere(f"read model {name} is no longer at {before}")
+        else:
+            getattr(tx, method)(*args)
 
 
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
 BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
-FEED_LOCK_SECONDS = 30.0  # a restore waits this long for a batch in progress to end
+FEED_LOCK_SECONDS = 30.0
+MOVED_ELSEWHERE_RETRIES = 5  # a restore waits this long for a batch in progress to end
 _AWAY = sys.maxsize  # "applied" position of a read model a helper process is filling
 
 
@@ -273,15 +294,16 @@ class ProjectionRunner:
         writes = RecordedWrites()
         for projection in moved:
             projection.flush(writes)
-        writes.executemany(SAVE_POSITION, [(p.name, last) for p in moved])
+        # positions first: the tracking rows are locked from the start of the transaction, and
+        # a batch someone else has applied stops before any of its rows (see ADVANCE)
+        writes.calls.insert(0, ("advance", ([(p.name, applied[p.name], last) for p in moved],)))
         for projection in moved:
             applied[projection.name] = last
         return Batch(writes, moved, last, read.size)
 
     def _write(self, batch: Batch) -> None:
         with self.db.transaction() as tx:
-            for method, args in batch.writes.calls:
-                getattr(tx, method)(*args)
+            write_batch(tx, batch.writes)
 
     def _committed(self, batch: Batch) -> None:
         """The batch is in the tables: run the hooks, then publish its positions (even if a
@@ -301,9 +323,7 @@ class ProjectionRunner:
         """Apply events handed in (not read from the log: a restore's, see expect) and write
         their rows and positions in the caller's transaction."""
         with self._lock:
-            batch = self._apply(read)
-            for method, args in batch.writes.calls:
-                getattr(tx, method)(*args)
+            write_batch(tx, self._apply(read).writes)
 
     def fed_by_restore(self) -> None:
         """The events applied from here on are a restore's, handed in (write_in): see
@@ -327,7 +347,18 @@ class ProjectionRunner:
             return batch.size
 
     def catch_up(self, stop: threading.Event | None = None) -> int:
-        """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline."""
+        """Process every batch there is (or until `stop` is set), in a read/apply/write pipeline.
+        Where another process moved a read model first, carry on from where it left it."""
+        for attempt in range(MOVED_ELSEWHERE_RETRIES):
+            try:
+                return self._catch_up(stop)
+            except MovedElsewhere as exc:
+                if attempt == MOVED_ELSEWHERE_RETRIES - 1:
+                    raise
+                log.info("%s; reloaded, carrying on", exc)
+        return 0
+
+    def _catch_up(self, stop: threading.Event | None) -> int:
         with self._lock:
             if self._stale:
                 self._reload()
@@ -630,8 +661,7 @@ class ProjectionRunner:
         if self._prefetching:
             self._prefetch(read.events)
         batch = self._apply(read)
-        for method, args in batch.writes.calls:
-            getattr(self._feed_tx[1], method)(*args)
+        write_batch(self._feed_tx[1], batch.writes)
         self._feed_moved.update(p.name for p in batch.moved)
         self._feed_last = batch.last
         self._feed_size += batch.size
