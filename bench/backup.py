@@ -5,8 +5,9 @@
 Builds one store with two organizations (N events and N/10 events: a few certificates renamed
 over and over - the events are minted through the domain once, then cloned as StoredEvents in
 big batches), copies the event table out and in with PostgreSQL COPY (binary) as the baseline,
-then backs up and restores each organization in a child process (restore = verify + write +
-read models caught up) and prints events/s, the ratio to COPY (measured again right before
+then backs up and restores each organization in a child process (restore = verify + write,
+with every read model filled meanwhile from the restore's own events, then their indexes:
+the "read models" phase) and prints events/s, the ratio to COPY (measured again right before
 each organization's pair), and each child's peak memory.
 Prints, never asserts. Needs PostgreSQL on 127.0.0.1:5432 (trust), database `test`.
 """
