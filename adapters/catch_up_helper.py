@@ -62,37 +62,39 @@ class ProcessHelpers:
     def close(self) -> None:
         return None  # each helper ends with its catch-up
 
-    def _process(self) -> subprocess.Popen[bytes]:
-        return spawn_module(__name__, stdin=subprocess.PIPE)
-
-    def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedProcess:
-        process = self._process()
+    def _spawn(self, send_spec: Callable[[Any], None]) -> subprocess.Popen[bytes]:
+        """A helper given its spec by `send_spec(its stdin)`; killed if that fails."""
+        process = spawn_module(__name__, stdin=subprocess.PIPE)
         assert process.stdin is not None
-        spec = {**self._spec, "names": list(names), "feed": True, "indexes": list(indexes)}
         try:
-            with contextlib.suppress(OSError):  # a bigger pipe: fewer waits on either side
-                fcntl.fcntl(process.stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
-            process.stdin.write(json.dumps(spec).encode() + b"\n")
-            process.stdin.flush()
-            os.set_blocking(process.stdin.fileno(), False)  # see FeedProcess._frame
+            send_spec(process.stdin)
         except BaseException:
             process.kill()
             process.wait()
             raise
+        return process
+
+    def feed(self, names: Sequence[str], indexes: Sequence[str]) -> FeedProcess:
+        spec = {**self._spec, "names": list(names), "feed": True, "indexes": list(indexes)}
+
+        def send_spec(stdin: Any) -> None:  # a line: the restore's frames follow it
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer waits on either side
+                fcntl.fcntl(stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+            stdin.write(json.dumps(spec).encode() + b"\n")
+            stdin.flush()
+            os.set_blocking(stdin.fileno(), False)  # see FeedProcess._frame
+
+        process = self._spawn(send_spec)
         log.info("restore helper %s fills %s", process.pid, ", ".join(names))
         return FeedProcess(process)
 
     def start(self, names: Sequence[str], prepare: Callable[[], None]) -> HelperProcess:
-        process = self._process()
-        assert process.stdin is not None
-        try:
+        def send_spec(stdin: Any) -> None:
             prepare()  # while the child imports; it reads nothing before its spec arrives
-            process.stdin.write(json.dumps({**self._spec, "names": list(names)}).encode())
-            process.stdin.close()
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
+            stdin.write(json.dumps({**self._spec, "names": list(names)}).encode())
+            stdin.close()
+
+        process = self._spawn(send_spec)
         log.info("catch-up helper %s fills %s", process.pid, ", ".join(names))
         return HelperProcess(process)
 
