@@ -54,8 +54,8 @@ def write_batch(tx: Tx, writes: RecordedWrites) -> None:
 
 _SECONDARY_INDEX = "CREATE INDEX IF NOT EXISTS "
 BULK_FROM_ZERO = 50_000  # notifications: from empty read models, build indexes at the end
-FEED_LOCK_SECONDS = 30.0
-MOVED_ELSEWHERE_RETRIES = 5  # a restore waits this long for a batch in progress to end
+FEED_LOCK_SECONDS = 30.0  # a restore waits this long for a batch in progress to end
+MOVED_ELSEWHERE_RETRIES = 5  # catch-up attempts when another process moves read models too
 _AWAY = sys.maxsize  # "applied" position of a read model a helper process is filling
 
 
@@ -334,6 +334,9 @@ class ProjectionRunner:
     def run_once(self) -> int:
         """Process one batch; returns how many notifications were read."""
         with self._lock:
+            if self._stale:
+                self._reload()
+                self._stale = False
             read = self._read(min(self._applied.values(), default=0))
             if not read.size:
                 return 0
