@@ -28,7 +28,6 @@ from importlib import metadata
 from typing import Any, BinaryIO, Protocol
 from uuid import UUID, uuid4
 
-from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
@@ -43,7 +42,7 @@ from application.backup_format import (
     read_ahead,
 )
 from application.base import RegistryBase
-from application.state_encoding import SmallStatesPlain, plain_state
+from application.state_encoding import plain_state, reads_plain
 from domain.organization import org_uuid
 from domain.reservation import Reservation
 
@@ -223,8 +222,7 @@ class Backups:
         """plain_state, or one function call per event for this store's usual encodings (no
         cipher; this project's codec or the library's ZlibCompressor, both of which the codec's
         plain_state reads) instead of three frames."""
-        mapper = self.app.mapper
-        if mapper.cipher is None and type(mapper.compressor) in (SmallStatesPlain, ZlibCompressor):
+        if reads_plain(self.app.mapper):
             return plain_state
         return self.plain_state
 

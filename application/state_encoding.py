@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.persistence import Compressor, JSONTranscoder
 
 COMPRESS_FROM = 1024
@@ -39,6 +40,12 @@ def deflate(data: bytes) -> bytes:
     """zlib with a 4 KiB window (see above); zlib.decompress reads it like any zlib stream."""
     packer = zlib.compressobj(6, zlib.DEFLATED, 12, 4)
     return packer.compress(data) + packer.flush()
+
+
+def reads_plain(mapper: Any) -> bool:
+    """Whether plain_state alone turns this store's stored states into the transcoder's JSON:
+    no cipher, and this codec or the library's ZlibCompressor (whose states it reads too)."""
+    return mapper.cipher is None and type(mapper.compressor) in (SmallStatesPlain, ZlibCompressor)
 
 
 def plain_state(data: bytes) -> bytes:
